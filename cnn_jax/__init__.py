@@ -1,0 +1,1 @@
+"""cnn_jax: image classification with convolutional networks in JAX/Flax."""

@@ -1,0 +1,40 @@
+"""The device mesh: data parallel over every device of every process."""
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh over `devices` (default: all devices of all processes).
+
+  Built with `Mesh`, whose axes are `Auto`: with `jax.make_mesh`'s default `Explicit`
+  axes, flax's Dropout fails to trace.
+  """
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over the data axis."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
+  n = mesh.devices.size
+  if batch_size % n:
+    raise ValueError(
+        f"{what}={batch_size} is not divisible by the {n} devices of the mesh; "
+        f"use a multiple of {n}, e.g. --config.{what}={max(n, batch_size // n * n)}.")
+
+
+def put_replicated(array: np.ndarray, mesh: Mesh) -> jax.Array:
+  """A host array copied onto every device of the mesh (works across processes)."""
+  sharding = replicated(mesh)
+  return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])

@@ -1,0 +1,18 @@
+"""The model registry: one dict from config name to Flax module class."""
+
+import flax.linen as nn
+
+from cnn_jax.models.seed_cnn import SeedCNN
+
+MODELS: dict[str, type[nn.Module]] = {
+    "seed_cnn": SeedCNN,
+}
+
+
+def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
+  """Returns the registered model `name` with `num_classes` output logits."""
+  if name not in MODELS:
+    raise ValueError(
+        f"Unknown model {name!r}. Known models: {', '.join(sorted(MODELS))}. "
+        "Add one by registering its class in cnn_jax/models/__init__.py:MODELS.")
+  return MODELS[name](num_classes=num_classes, **kwargs)

@@ -1,0 +1,122 @@
+"""TrainState, train_step and eval_step: pure functions, no I/O.
+
+`train_steps` and `evaluate` run many steps in one dispatch (`lax.scan` over batches
+gathered from a device-resident split), so no host round trip happens between steps.
+"""
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+class TrainState(train_state.TrainState):
+  """Params, optimizer state and step, plus BatchNorm statistics and the run's key.
+
+  Per-step randomness is `fold_in(key, step)`, so a resumed run draws the same numbers.
+  """
+  batch_stats: Any = None
+  key: jax.Array | None = None
+
+
+def create_train_state(model: nn.Module, key: jax.Array, image_shape, tx) -> TrainState:
+  """Initializes `model` for inputs of `image_shape` (H, W, C)."""
+  init_key, run_key = jax.random.split(key)
+  variables = model.init({"params": init_key, "dropout": init_key},
+                         jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  return TrainState.create(
+      apply_fn=model.apply, params=variables["params"], tx=tx,
+      batch_stats=variables.get("batch_stats"), key=run_key)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-example softmax cross-entropy on integer labels."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def _sums(logits, labels, losses, mask) -> Metrics:
+  correct = (jnp.argmax(logits, -1) == labels) & mask
+  return {"loss": jnp.sum(jnp.where(mask, losses, 0.0)),
+          "correct": jnp.sum(correct).astype(jnp.float32),
+          "count": jnp.sum(mask).astype(jnp.float32)}
+
+
+def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+  """One Adam step on the mean cross-entropy of `batch` ({'image', 'label'})."""
+  step_key = jax.random.fold_in(state.key, state.step)
+  has_stats = state.batch_stats is not None
+
+  def loss_fn(params):
+    variables = {"params": params}
+    if has_stats:
+      variables["batch_stats"] = state.batch_stats
+    logits, updates = state.apply_fn(
+        variables, batch["image"], train=True, rngs={"dropout": step_key},
+        mutable=["batch_stats"] if has_stats else [])
+    losses = cross_entropy(logits, batch["label"])
+    return jnp.mean(losses), (logits, losses, updates)
+
+  grads, (logits, losses, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(
+      grads=grads, batch_stats=updates["batch_stats"] if has_stats else None)
+  mask = jnp.ones_like(batch["label"], bool)
+  return new_state, _sums(logits, batch["label"], losses, mask)
+
+
+def eval_step(state: TrainState, batch: Batch) -> Metrics:
+  """Metric sums over the examples of `batch` whose `mask` is True."""
+  variables = {"params": state.params}
+  if state.batch_stats is not None:
+    variables["batch_stats"] = state.batch_stats
+  logits = state.apply_fn(variables, batch["image"], train=False)
+  losses = cross_entropy(logits, batch["label"])
+  return _sums(logits, batch["label"], losses, batch["mask"])
+
+
+def zero_metrics() -> Metrics:
+  return {k: jnp.zeros((), jnp.float32) for k in ("loss", "correct", "count")}
+
+
+def add_metrics(a: Metrics, b: Metrics) -> Metrics:
+  return jax.tree.map(jnp.add, a, b)
+
+
+def train_steps(state: TrainState, images: jax.Array, labels: jax.Array,
+                order: jax.Array, *, preprocess: Callable, batch_sharding=None
+                ) -> tuple[TrainState, Metrics]:
+  """Runs `train_step` on each row of `order` ([steps, batch] example indices).
+
+  `images`/`labels` are a device-resident split; batches are gathered on device,
+  preprocessed by `preprocess(images) -> float images`, and sharded over the mesh.
+  """
+  def body(carry, indices):
+    state, sums = carry
+    batch = {"image": preprocess(images[indices]), "label": labels[indices]}
+    if batch_sharding is not None:
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    state, metrics = train_step(state, batch)
+    return (state, add_metrics(sums, metrics)), None
+
+  (state, sums), _ = jax.lax.scan(body, (state, zero_metrics()), order)
+  return state, sums
+
+
+def evaluate(state: TrainState, images: jax.Array, labels: jax.Array,
+             order: jax.Array, mask: jax.Array, *, preprocess: Callable,
+             batch_sharding=None) -> Metrics:
+  """Metric sums of `eval_step` over the batches `order` with padding `mask`."""
+  def body(sums, xs):
+    indices, valid = xs
+    batch = {"image": preprocess(images[indices]), "label": labels[indices], "mask": valid}
+    if batch_sharding is not None:
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    return add_metrics(sums, eval_step(state, batch)), None
+
+  sums, _ = jax.lax.scan(body, zero_metrics(), (order, mask))
+  return sums

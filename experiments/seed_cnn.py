@@ -1,0 +1,33 @@
+"""The Keras tutorial on the embedded dataset: 5,000 real MNIST digits (4,000 train).
+
+Conv(32, 3x3) -> MaxPool 2x2 -> Dense(64) -> Dense(10), Adam 1e-3, batch 32, 5 epochs.
+
+  ./run.sh train --config experiments/seed_cnn.py --workdir runs/seed_cnn
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.model = "seed_cnn"
+  config.model_kwargs = ml_collections.ConfigDict()
+  config.dataset = "mnist_5k"
+  # None: TFDS's default ($TFDS_DATA_DIR or ~/tensorflow_datasets).
+  config.data_dir = ml_collections.FieldReference(None, field_type=str)
+  config.train_split = "train"
+  config.test_split = "test"
+
+  config.batch_size = 32
+  config.eval_batch_size = 1000
+  config.num_epochs = 5
+  config.learning_rate = 1e-3
+  config.seed = 0
+  # Training steps run per dispatch to the device (lax.scan); also the progress bar's tick.
+  config.steps_per_dispatch = 50
+
+  config.keep_checkpoints = 2
+  config.keep_best_checkpoints = 1
+  config.best_metric = "test_accuracy"
+  config.best_mode = "max"
+  return config
