@@ -1,0 +1,29 @@
+"""Shared fixtures: a prepared embedded dataset and small configs."""
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # experiments/ is imported as a package by config files.
+  sys.path.insert(0, ROOT)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  """A TFDS data_dir with the embedded mnist_5k prepared once for the session."""
+  path = str(tmp_path_factory.mktemp("tfds"))
+  from cnn_jax.data import source
+  source.get_builder("mnist_5k", path)
+  return path
+
+
+@pytest.fixture
+def seed_config(data_dir):
+  """The tutorial config on mnist_5k, shortened, unlocked for the test to edit."""
+  from experiments import seed_cnn
+  config = seed_cnn.get_config()
+  config.data_dir = data_dir
+  config.num_epochs = 1
+  return config

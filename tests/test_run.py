@@ -1,0 +1,69 @@
+"""End-to-end runs of the experiment runner on the embedded dataset."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cnn_jax import checkpoint, report, run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_one_epoch_writes_metrics_config_and_checkpoint(seed_config, tmp_path):
+  workdir = str(tmp_path / "run")
+  record = run.train_and_evaluate(seed_config, workdir)
+  records = report.read_metrics(workdir)
+  assert len(records) == 1 and records[0] == record
+  assert record["epoch"] == 1 and record["step"] == 4000 // 32
+  assert record["test_accuracy"] > 0.85
+  for key in ("train_loss", "train_accuracy", "test_loss", "images_per_sec",
+              "eval_images_per_sec", "learning_rate"):
+    assert record[key] > 0
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["batch_size"] == 32
+  ckpts = checkpoint.Checkpoints(os.path.join(workdir, run.CHECKPOINT_DIR))
+  assert ckpts.all_steps() == [125]
+  ckpts.close()
+
+
+def test_running_again_resumes_instead_of_starting_over(seed_config, tmp_path, capsys):
+  workdir = str(tmp_path / "run")
+  first = run.train_and_evaluate(seed_config, workdir)
+  again = run.train_and_evaluate(seed_config, workdir)  # Nothing left to train.
+  assert again["test_accuracy"] == first["test_accuracy"]
+  assert len(report.read_metrics(workdir)) == 1
+  seed_config.num_epochs = 2
+  more = run.train_and_evaluate(seed_config, workdir)
+  out = capsys.readouterr().out
+  assert "resumed from checkpoint step 125" in out
+  assert [r["step"] for r in report.read_metrics(workdir)] == [125, 250]
+  assert more["epoch"] == 2
+
+
+def test_command_line_trains_and_reports(data_dir, tmp_path):
+  out = subprocess.run(
+      [sys.executable, "-m", "cnn_jax.main", "train", "--config", "experiments/seed_cnn.py",
+       "--workdir", str(tmp_path / "cli"), "--config.num_epochs=1",
+       f"--config.data_dir={data_dir}", "--config.batch_size=64"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "final test accuracy: 0.9" in out.stdout or "final test accuracy: 0.8" in out.stdout
+  with open(tmp_path / "cli" / "config.json") as f:
+    assert json.load(f)["batch_size"] == 64
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.dataset=no_such_dataset", "Unknown dataset 'no_such_dataset'"),
+    ("--config.model=no_such_model", "Unknown model 'no_such_model'. Known models: seed_cnn"),
+])
+def test_command_line_errors_are_clear(data_dir, tmp_path, override, message):
+  out = subprocess.run(
+      [sys.executable, "-m", "cnn_jax.main", "train", "--config", "experiments/seed_cnn.py",
+       "--workdir", str(tmp_path / "bad"), override, f"--config.data_dir={data_dir}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2
+  assert message in out.stderr
+  assert "mnist_5k" in out.stderr or "model" in override
