@@ -15,9 +15,20 @@ class Data:
   test: in_memory.DeviceSplit
 
 
+def folder_options(config):
+  """Options of a `folder:/path` dataset from the config; None for TFDS names."""
+  if not config.dataset.startswith(source.FOLDER_PREFIX):
+    return None
+  from cnn_jax.data.builders.folder import FolderOptions  # pylint: disable=g-import-not-at-top
+  return FolderOptions(image_size=tuple(config.image_size),
+                       test_fraction=config.folder_test_fraction,
+                       on_bad_image=config.on_bad_image)
+
+
 def load(config, mesh: Mesh) -> Data:
   """Prepares (if needed) and loads `config.dataset` onto the mesh's devices."""
-  builder = source.get_builder(config.dataset, config.data_dir)
+  builder = source.get_builder(config.dataset, config.data_dir,
+                               folder_options=folder_options(config))
   info = source.dataset_info(builder)
   splits = {}
   for split in (config.train_split, config.test_split):

@@ -9,6 +9,8 @@ import numpy as np
 # Host TFDS downloads from; probed before a download so an offline machine fails fast
 # (TFDS itself retries for minutes before giving up).
 _DOWNLOAD_HOST = ("storage.googleapis.com", 443)
+# `config.dataset = "folder:/path"` reads a folder of class subfolders of images.
+FOLDER_PREFIX = "folder:"
 
 
 class DatasetError(ValueError):
@@ -57,6 +59,9 @@ def _is_prepared_dir(path: str) -> bool:
   if not os.path.isdir(path):
     return False
   for version in os.listdir(path):
+    # TFDS prepares into `incomplete.*` and renames at the end; a killed run leaves it.
+    if version.startswith("incomplete."):
+      continue
     if os.path.exists(os.path.join(path, version, "dataset_info.json")):
       return True
   return False
@@ -67,11 +72,19 @@ def default_data_dir() -> str:
   return tfds.core.constants.DATA_DIR
 
 
-def get_builder(name: str, data_dir: str | None):
+def get_builder(name: str, data_dir: str | None, folder_options=None):
   """Returns a prepared TFDS builder for `name`, preparing it first if needed.
 
-  Offline builders of this package prepare from local files; other datasets are
-  downloaded by TFDS as usual, when the network allows.
+  Offline builders of this package prepare from local files; `folder:/path` reads a
+  folder of class subfolders of images; other datasets are downloaded by TFDS as
+  usual, when the network allows.
+
+  Args:
+    name: a TFDS name, a name in `OFFLINE_BUILDERS`, or "folder:/path/to/root".
+    data_dir: TFDS data directory; None for TFDS's default.
+    folder_options: a `builders.folder.FolderOptions` (image size, test fraction,
+      what to do with unreadable images); used by "folder:" datasets only. None for
+      its defaults.
 
   Raises:
     DatasetError: the name is unknown, or the dataset cannot be prepared here.
@@ -80,6 +93,10 @@ def get_builder(name: str, data_dir: str | None):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from cnn_jax.data.builders import OFFLINE_BUILDERS  # pylint: disable=g-import-not-at-top
 
+  if name.startswith(FOLDER_PREFIX):
+    from cnn_jax.data.builders import folder  # pylint: disable=g-import-not-at-top
+    return folder.get_builder(name[len(FOLDER_PREFIX):], data_dir,
+                              folder_options or folder.FolderOptions())
   if name in OFFLINE_BUILDERS:
     builder = OFFLINE_BUILDERS[name](data_dir=data_dir)
     if not builder.is_prepared():
@@ -97,11 +114,21 @@ def get_builder(name: str, data_dir: str | None):
     raise DatasetError(
         f"Dataset {name!r} is not prepared in {builder.data_dir_root} and cannot be "
         "downloaded: no network. Datasets that work offline here: "
-        f"{', '.join(offline_datasets(data_dir))}. Prepare {name!r} from local files "
-        "with './run.sh prepare' if it supports that, or set --config.data_dir to a "
-        "directory where it is already prepared.")
+        f"{', '.join(offline_datasets(data_dir))}. {_offline_fix(name, data_dir)}")
   builder.download_and_prepare()
   return builder
+
+
+def _offline_fix(name: str, data_dir: str | None) -> str:
+  from cnn_jax.data.builders import idx  # pylint: disable=g-import-not-at-top
+  if name in idx.LOCAL_BUILDERS:
+    data_dir_flag = f" --data_dir {data_dir}" if data_dir else ""
+    return (f"Prepare {name!r} from its four IDX .gz files with './run.sh prepare "
+            f"{name} --from DIR{data_dir_flag}' (for fashion_mnist, DIR=/usr/share/datasets/"
+            "fashion-mnist after 'apt-get install dataset-fashion-mnist'), or set "
+            "--config.data_dir to a directory where it is already prepared.")
+  return ("Set --config.data_dir to a directory where it is already prepared, or use "
+          "a folder of images: --config.dataset=folder:/path/to/root.")
 
 
 def dataset_info(builder) -> DatasetInfo:
