@@ -2,6 +2,7 @@
 
 `train_steps` and `evaluate` run many steps in one dispatch (`lax.scan` over batches
 gathered from a device-resident split), so no host round trip happens between steps.
+Training batches may be augmented (`augment(key, images)`); evaluation never is.
 """
 
 from typing import Any, Callable
@@ -15,14 +16,23 @@ from flax.training import train_state
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
+# Streams of randomness drawn at each step, under fold_in(state.key, state.step).
+DROPOUT_STREAM, AUGMENT_STREAM = 0, 1
+
 
 class TrainState(train_state.TrainState):
   """Params, optimizer state and step, plus BatchNorm statistics and the run's key.
 
-  Per-step randomness is `fold_in(key, step)`, so a resumed run draws the same numbers.
+  Per-step randomness is `step_key(state, stream)`, a pure function of (key, step), so
+  a resumed run draws the same numbers.
   """
   batch_stats: Any = None
   key: jax.Array | None = None
+
+
+def step_key(state: TrainState, stream: int) -> jax.Array:
+  """The key of `stream` (DROPOUT_STREAM, AUGMENT_STREAM) at the state's step."""
+  return jax.random.fold_in(jax.random.fold_in(state.key, state.step), stream)
 
 
 def create_train_state(model: nn.Module, key: jax.Array, image_shape, tx) -> TrainState:
@@ -49,7 +59,7 @@ def _sums(logits, labels, losses, mask) -> Metrics:
 
 def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
   """One Adam step on the mean cross-entropy of `batch` ({'image', 'label'})."""
-  step_key = jax.random.fold_in(state.key, state.step)
+  dropout_key = step_key(state, DROPOUT_STREAM)
   has_stats = state.batch_stats is not None
 
   def loss_fn(params):
@@ -57,7 +67,7 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     if has_stats:
       variables["batch_stats"] = state.batch_stats
     logits, updates = state.apply_fn(
-        variables, batch["image"], train=True, rngs={"dropout": step_key},
+        variables, batch["image"], train=True, rngs={"dropout": dropout_key},
         mutable=["batch_stats"] if has_stats else [])
     losses = cross_entropy(logits, batch["label"])
     return jnp.mean(losses), (logits, losses, updates)
@@ -88,18 +98,24 @@ def add_metrics(a: Metrics, b: Metrics) -> Metrics:
 
 
 def train_steps(state: TrainState, images: jax.Array, labels: jax.Array,
-                order: jax.Array, *, preprocess: Callable, batch_sharding=None
-                ) -> tuple[TrainState, Metrics]:
+                order: jax.Array, *, preprocess: Callable, augment: Callable | None = None,
+                batch_sharding=None) -> tuple[TrainState, Metrics]:
   """Runs `train_step` on each row of `order` ([steps, batch] example indices).
 
-  `images`/`labels` are a device-resident split; batches are gathered on device,
-  preprocessed by `preprocess(images) -> float images`, and sharded over the mesh.
+  `images`/`labels` are a device-resident split; batches are gathered on device and
+  sharded over the mesh, augmented by `augment(key, images) -> images` if given (on
+  the raw pixels, with the step's AUGMENT_STREAM key), then preprocessed by
+  `preprocess(images) -> float images`.
   """
   def body(carry, indices):
     state, sums = carry
-    batch = {"image": preprocess(images[indices]), "label": labels[indices]}
+    batch = {"image": images[indices], "label": labels[indices]}
     if batch_sharding is not None:
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    image = batch["image"]
+    if augment is not None:
+      image = augment(step_key(state, AUGMENT_STREAM), image)
+    batch["image"] = preprocess(image)
     state, metrics = train_step(state, batch)
     return (state, add_metrics(sums, metrics)), None
 
@@ -110,7 +126,10 @@ def train_steps(state: TrainState, images: jax.Array, labels: jax.Array,
 def evaluate(state: TrainState, images: jax.Array, labels: jax.Array,
              order: jax.Array, mask: jax.Array, *, preprocess: Callable,
              batch_sharding=None) -> Metrics:
-  """Metric sums of `eval_step` over the batches `order` with padding `mask`."""
+  """Metric sums of `eval_step` over the batches `order` with padding `mask`.
+
+  Images go through `preprocess` only: evaluation is never augmented.
+  """
   def body(sums, xs):
     indices, valid = xs
     batch = {"image": preprocess(images[indices]), "label": labels[indices], "mask": valid}

@@ -3,9 +3,11 @@
 import flax.linen as nn
 
 from cnn_jax.models.seed_cnn import SeedCNN
+from cnn_jax.models.vgg import VGGBN
 
 MODELS: dict[str, type[nn.Module]] = {
     "seed_cnn": SeedCNN,
+    "vgg_bn": VGGBN,
 }
 
 
