@@ -1,10 +1,11 @@
 """Orbax checkpoints of a run: TrainState plus JSON metadata, latest N and best K kept."""
 
 import os
+import shutil
+import time
 
 import jax
 import orbax.checkpoint as ocp
-from absl import logging
 
 
 class CheckpointError(RuntimeError):
@@ -41,7 +42,9 @@ class Checkpoints:
     options = ocp.CheckpointManagerOptions(
         best_fn=metric, best_mode=best_mode,
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-        enable_async_checkpointing=True)
+        enable_async_checkpointing=True,
+        # Leftovers of a save cut short are garbage: all_steps() ignores them anyway.
+        cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=("state", "meta"))
 
@@ -63,6 +66,11 @@ class Checkpoints:
                                 meta=ocp.args.JsonSave(meta)),
         metrics=metrics)
 
+  def restore_meta(self, step: int) -> dict:
+    """The JSON metadata of `step` alone (cheap: no arrays are read)."""
+    out = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    return dict(out["meta"])
+
   def restore(self, step: int, target):
     """Returns (state, meta) of `step`, with the structure and shardings of `target`."""
     abstract = jax.tree.map(
@@ -73,28 +81,38 @@ class Checkpoints:
                                       meta=ocp.args.JsonRestore()))
     return out["state"], dict(out["meta"])
 
-  def restore_newest_good(self, target, steps=None):
+  def restore_newest_good(self, target, check_meta=None):
     """Restores the newest step that loads, walking back over damaged ones.
+
+    Args:
+      target: a state of the structure and shardings to restore into.
+      check_meta: called with each candidate's metadata before its arrays are read;
+        it raises (e.g. CheckpointError for a checkpoint of another experiment) to
+        refuse the checkpoint. Its errors propagate: they are not damage.
 
     Returns:
       (state, meta, step, skipped) where skipped lists (step, reason) of the steps that
-      failed to load; (None, None, None, skipped) when there is no step at all.
+      failed to load; (None, None, None, []) when there is no step at all.
 
     Raises:
       CheckpointError: steps exist but none of them loads.
     """
-    steps = self.all_steps() if steps is None else steps
     skipped = []
-    for step in reversed(steps):
+    for step in reversed(self.all_steps()):
+      try:
+        meta = self.restore_meta(step)
+      except Exception as e:  # pylint: disable=broad-except
+        skipped.append((step, _reason(e)))
+        continue
+      if check_meta is not None:
+        check_meta(meta)
       try:
         state, meta = self.restore(step, target)
-        return state, meta, step, skipped
       except Exception as e:  # pylint: disable=broad-except
         # Orbax raises ValueError, FileNotFoundError or bare Exception for damage.
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-        logging.warning("Checkpoint step %d in %s is damaged (%s); trying an older one.",
-                        step, self.directory, reason)
-        skipped.append((step, reason))
+        skipped.append((step, _reason(e)))
+        continue
+      return state, meta, step, skipped
     if skipped:
       raise CheckpointError(
           f"None of the checkpoints in {self.directory} can be restored: " +
@@ -102,9 +120,26 @@ class Checkpoints:
           ". Move the directory away to start over.")
     return None, None, None, skipped
 
+  def set_aside(self, step: int) -> str:
+    """Moves a damaged step out of the way of new saves; returns where it went.
+
+    Nothing is deleted: the folder goes to `<directory>_damaged/<step>-<time>`.
+    """
+    target = os.path.join(self.directory + "_damaged", f"{step}-{int(time.time())}")
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      shutil.move(os.path.join(self.directory, str(step)), target)
+    self._manager.reload()
+    return target
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def _reason(error: Exception) -> str:
+  text = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {text[0][:200] if text else ''}".rstrip(": ")

@@ -1,11 +1,14 @@
 """The experiment loop: init or resume -> epochs -> eval -> save -> report."""
 
+import dataclasses
 import functools
+import json
 import os
 import time
 
 import jax
 import ml_collections
+import numpy as np
 import optax
 
 from cnn_jax import checkpoint as checkpoint_lib
@@ -13,10 +16,12 @@ from cnn_jax import data as data_lib
 from cnn_jax import mesh as mesh_lib
 from cnn_jax import metrics as metrics_lib
 from cnn_jax import models
+from cnn_jax import preemption
 from cnn_jax import report as report_lib
 from cnn_jax import train as train_lib
+from cnn_jax.data import augment as augment_lib
 from cnn_jax.data import in_memory
-from cnn_jax.data import preprocess
+from cnn_jax.data import preprocess as preprocess_lib
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -29,23 +34,9 @@ def root_keys(seed: int) -> dict[str, jax.Array]:
 
 def fingerprint(config, info) -> dict:
   """What a checkpoint must agree on with the config that resumes it."""
-  return {"model": config.model, "model_kwargs": dict(config.model_kwargs),
+  return {"model": config.model, "model_kwargs": config.model_kwargs.to_dict(),
           "dataset": config.dataset, "image_shape": list(info.image_shape),
           "num_classes": info.num_classes, "batch_size": config.batch_size}
-
-
-def check_workdir(workdir: str) -> None:
-  """Fails before any work if `workdir` cannot be created or written."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, ".write_probe")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise PermissionError(
-        f"Workdir {workdir!r} cannot be written ({e.strerror}). Choose another "
-        "--workdir or fix its permissions.") from e
 
 
 def check_fingerprint(saved: dict, current: dict, workdir: str) -> None:
@@ -54,18 +45,103 @@ def check_fingerprint(saved: dict, current: dict, workdir: str) -> None:
   if diffs:
     raise checkpoint_lib.CheckpointError(
         f"The checkpoints in {workdir} belong to a different experiment ("
-        + "; ".join(diffs) + "). Use a new --workdir for a new experiment.")
+        + "; ".join(diffs) + "). Nothing was changed; use a new --workdir for a new "
+        "experiment, or the original config to resume this one.")
 
 
-def build(config, mesh, info):
-  """The model, optimizer and an initialised TrainState replicated on the mesh."""
+def check_workdir(workdir: str) -> None:
+  """Fails before any work if `workdir` cannot be created or written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_probe.{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise PermissionError(
+        f"Workdir {workdir!r} cannot be written ({e.strerror or e}). Choose another "
+        "--workdir or fix its permissions.") from e
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything a run needs, built from a config: data, state, compiled steps."""
+  config: ml_collections.ConfigDict
+  mesh: jax.sharding.Mesh
+  data: data_lib.Data
+  state: train_lib.TrainState
+  train_chunk: callable
+  evaluate_fn: callable
+  fingerprint: dict
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.data.info.num_train // self.config.batch_size
+
+  def evaluate(self, state) -> dict:
+    """Test loss and accuracy of `state` over every test example."""
+    info, mesh = self.data.info, self.mesh
+    batch = min(self.config.eval_batch_size,
+                -(-info.num_test // mesh.devices.size) * mesh.devices.size)
+    idx, mask = in_memory.eval_order(info.num_test, batch)
+    sums = self.evaluate_fn(state, self.data.test.images, self.data.test.labels, idx, mask)
+    return metrics_lib.summarize(sums, "test")
+
+
+def input_fns(config, data: data_lib.Data):
+  """(preprocess, augment) from config; normalisation statistics from the train split."""
+  mean = std = None
+  if config.normalize:
+    mean, std = preprocess_lib.channel_stats(np.asarray(data.train.images))
+  return (preprocess_lib.make_preprocess(mean, std),
+          augment_lib.make_augment(config.crop_padding, config.flip))
+
+
+def build_experiment(config) -> Experiment:
+  """Loads the data onto the mesh and initialises the model and compiled steps."""
+  mesh = mesh_lib.make_mesh()
+  mesh_lib.check_batch_size(config.batch_size, mesh)
+  mesh_lib.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  data = data_lib.load(config, mesh)
+  info = data.info
+  if info.num_train < config.batch_size:
+    raise ValueError(f"batch_size={config.batch_size} exceeds the {info.num_train} "
+                     "training examples; lower --config.batch_size.")
   model = models.build_model(config.model, info.num_classes, **config.model_kwargs)
   tx = optax.adam(config.learning_rate)
   create = functools.partial(train_lib.create_train_state, model,
                              image_shape=info.image_shape, tx=tx)
   state = jax.jit(create, out_shardings=mesh_lib.replicated(mesh))(
       root_keys(config.seed)["init"])
-  return model, state
+  preprocess, augment = input_fns(config, data)
+  batch_sharding = mesh_lib.batch_sharding(mesh)
+  train_chunk = jax.jit(
+      functools.partial(train_lib.train_steps, preprocess=preprocess, augment=augment,
+                        batch_sharding=batch_sharding), donate_argnums=0)
+  evaluate_fn = jax.jit(functools.partial(
+      train_lib.evaluate, preprocess=preprocess, batch_sharding=batch_sharding))
+  return Experiment(config, mesh, data, state, train_chunk, evaluate_fn,
+                    fingerprint(config, info))
+
+
+def open_checkpoints(config, workdir: str) -> checkpoint_lib.Checkpoints:
+  return checkpoint_lib.Checkpoints(
+      os.path.join(workdir, CHECKPOINT_DIR), keep_latest=config.keep_checkpoints,
+      keep_best=config.keep_best_checkpoints, best_metric=config.best_metric,
+      best_mode=config.best_mode)
+
+
+def chunk_end(step: int, pos: int, steps_per_epoch: int, chunk: int, every: int) -> int:
+  """Position in the epoch where the dispatch that starts at `pos` ends.
+
+  Dispatches end on multiples of `chunk` within the epoch, on multiples of `every`
+  (checkpoint steps) and at the epoch's end. A run resumed from any checkpoint therefore
+  runs exactly the same sequence of programs as an uninterrupted one (bitwise equal).
+  """
+  end = min((pos // chunk + 1) * chunk, steps_per_epoch)
+  if every:
+    end = min(end, pos + every - step % every)
+  return end
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -73,107 +149,150 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Returns:
     The last epoch's record (train/test loss and accuracy, images/s, ...).
+
+  Raises:
+    preemption.Preempted: a signal stopped the run after it saved a checkpoint.
   """
   workdir = os.path.abspath(workdir)
   check_workdir(workdir)
   reporter = report_lib.Reporter(workdir)
-  mesh = mesh_lib.make_mesh()
-  mesh_lib.check_batch_size(config.batch_size, mesh)
-  mesh_lib.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  exp = build_experiment(config)
+  ckpts = open_checkpoints(config, workdir)
+  try:
+    state, epoch_sums = _restore_or_init(exp, ckpts, workdir, reporter)
+    reporter.write_config(config)
+    record = _train(exp, state, epoch_sums, ckpts, reporter, workdir)
+  finally:
+    ckpts.close()
+  reporter.info(f"final test accuracy: {record['test_accuracy']:.4f} "
+                f"(test loss {record['test_loss']:.4f}, step {record['step']})")
+  return record
 
-  data = data_lib.load(config, mesh)
-  info = data.info
-  _, state = build(config, mesh, info)
-  ckpts = checkpoint_lib.Checkpoints(
-      os.path.join(workdir, CHECKPOINT_DIR), keep_latest=config.keep_checkpoints,
-      keep_best=config.keep_best_checkpoints, best_metric=config.best_metric,
-      best_mode=config.best_mode)
-  current = fingerprint(config, info)
-  restored, meta, restored_step, skipped = ckpts.restore_newest_good(state)
-  for step, reason in skipped:
-    reporter.info(f"checkpoint step {step} is damaged ({reason}); skipped")
-  epoch_sums = train_lib.zero_metrics()
-  if restored is not None:
-    check_fingerprint(meta["fingerprint"], current, workdir)
-    state = restored
-    epoch_sums = jax.tree.map(lambda z, v: z + v, epoch_sums, meta["epoch_sums"])
-    report_lib.truncate_metrics(workdir, restored_step)
-    reporter.info(f"resumed from checkpoint step {restored_step} in {ckpts.directory}")
-  reporter.write_config(config)
 
-  batch_sharding = mesh_lib.batch_sharding(mesh)
-  train_chunk = jax.jit(
-      functools.partial(train_lib.train_steps, preprocess=preprocess.scale_to_unit,
-                        batch_sharding=batch_sharding), donate_argnums=0)
-  evaluate = jax.jit(functools.partial(
-      train_lib.evaluate, preprocess=preprocess.scale_to_unit, batch_sharding=batch_sharding))
+def _restore_or_init(exp: Experiment, ckpts, workdir: str, reporter):
+  check = lambda meta: check_fingerprint(meta.get("fingerprint", {}), exp.fingerprint,
+                                         workdir)
+  restored, meta, step, skipped = ckpts.restore_newest_good(exp.state, check_meta=check)
+  for bad, reason in skipped:
+    where = ckpts.set_aside(bad) if step is None or bad > step else "left in place"
+    reporter.info(f"checkpoint step {bad} is damaged ({reason}); skipped it ({where})")
+  report_lib.truncate_metrics(workdir, step or 0)
+  if restored is None:
+    return exp.state, train_lib.zero_metrics()
+  reporter.info(f"resumed from checkpoint step {step} in {ckpts.directory}")
+  sums = jax.tree.map(lambda z, v: z + np.float32(v), train_lib.zero_metrics(),
+                      meta["epoch_sums"])
+  return restored, sums
+
+
+def _train(exp: Experiment, state, epoch_sums, ckpts, reporter, workdir: str) -> dict:
+  config, info = exp.config, exp.data.info
   epoch_order = jax.jit(in_memory.epoch_order, static_argnums=(2, 3))
-  eval_batch = min(config.eval_batch_size,
-                   -(-info.num_test // mesh.devices.size) * mesh.devices.size)
-  eval_idx, eval_mask = in_memory.eval_order(info.num_test, eval_batch)
   data_key = root_keys(config.seed)["data"]
-
-  steps_per_epoch = info.num_train // config.batch_size
-  if steps_per_epoch == 0:
-    raise ValueError(f"batch_size={config.batch_size} exceeds the {info.num_train} "
-                     "training examples; lower --config.batch_size.")
+  steps_per_epoch = exp.steps_per_epoch
   total_steps = steps_per_epoch * config.num_epochs
-  chunk = max(1, config.steps_per_dispatch)
+  chunk, every = max(1, config.steps_per_dispatch), config.checkpoint_every_steps
   step = int(state.step)
   record = None
   reporter.info(
       f"{config.model} on {info.name}: {info.num_train} train / {info.num_test} test, "
-      f"image {info.image_shape}, {info.num_classes} classes, {mesh.devices.size} "
+      f"image {info.image_shape}, {info.num_classes} classes, {exp.mesh.devices.size} "
       f"device(s) ({jax.devices()[0].platform}); {steps_per_epoch} steps/epoch, "
       f"starting at step {step} of {total_steps}")
 
-  while step < total_steps:
+  def save(metrics=None):
     epoch, pos = divmod(step, steps_per_epoch)
-    order = epoch_order(data_key, epoch, info.num_train, config.batch_size)
-    first_pos = pos
-    t0 = time.perf_counter()
-    with reporter.progress(steps_per_epoch, pos, epoch + 1) as bar:
-      while pos < steps_per_epoch:
-        # Chunks end on multiples of `chunk` so a resumed epoch runs the same programs.
-        end = min((pos // chunk + 1) * chunk, steps_per_epoch)
-        state, sums = train_chunk(state, data.train.images, data.train.labels,
-                                  order[pos:end])
-        epoch_sums = train_lib.add_metrics(epoch_sums, sums)
-        loss_sum = float(sums["loss"])
-        if loss_sum != loss_sum:
-          raise FloatingPointError(
-              f"NaN training loss in epoch {epoch + 1} before step {step + end - pos}; "
-              "lower --config.learning_rate or check the data.")
-        step += end - pos
-        bar.update(end - pos)
-        pos = end
-    train_time = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    test_sums = evaluate(state, data.test.images, data.test.labels, eval_idx, eval_mask)
-    test = metrics_lib.summarize(test_sums, "test")
-    eval_time = time.perf_counter() - t1
-    record = {
-        "epoch": epoch + 1, "step": step,
-        **metrics_lib.summarize(epoch_sums, "train"), **test,
-        "images_per_sec": (pos - first_pos) * config.batch_size / train_time,
-        "eval_images_per_sec": info.num_test / eval_time,
-        "learning_rate": config.learning_rate,
-        "epoch_time_sec": train_time + eval_time,
-    }
-    epoch_sums = train_lib.zero_metrics()
-    ckpts.save(step, state,
-               meta={"epoch": epoch + 1, "fingerprint": current,
-                     "epoch_sums": metrics_lib.to_host(epoch_sums)},
-               metrics={k: record[k] for k in ("test_accuracy", "test_loss")})
-    reporter.epoch(record)
+    meta = {"step": step, "epoch": epoch, "position": pos, "fingerprint": exp.fingerprint,
+            "epoch_sums": metrics_lib.to_host(epoch_sums)}
+    ckpts.save(step, state, meta=meta, metrics=metrics)
+
+  with preemption.stop_on_signals() as stop:
+    while step < total_steps:
+      epoch, pos = divmod(step, steps_per_epoch)
+      order = epoch_order(data_key, epoch, info.num_train, config.batch_size)
+      first_pos, t0 = pos, time.perf_counter()
+      with reporter.progress(steps_per_epoch, pos, epoch + 1) as bar:
+        while pos < steps_per_epoch:
+          end = chunk_end(step, pos, steps_per_epoch, chunk, every)
+          state, sums = exp.train_chunk(state, exp.data.train.images,
+                                        exp.data.train.labels, order[pos:end])
+          epoch_sums = train_lib.add_metrics(epoch_sums, sums)
+          if np.isnan(float(sums["loss"])):
+            raise FloatingPointError(
+                f"NaN training loss in epoch {epoch + 1} between steps {step} and "
+                f"{step + end - pos}; lower --config.learning_rate or check the data.")
+          step += end - pos
+          bar.update(end - pos)
+          pos = end
+          if pos < steps_per_epoch and (stop or (every and step % every == 0)):
+            save()
+            if stop:
+              ckpts.wait()
+              raise preemption.Preempted(step, stop.signum)
+      train_time = time.perf_counter() - t0
+      t1 = time.perf_counter()
+      test = exp.evaluate(state)
+      eval_time = time.perf_counter() - t1
+      record = {
+          "epoch": epoch + 1, "step": step,
+          **metrics_lib.summarize(epoch_sums, "train"), **test,
+          "images_per_sec": (pos - first_pos) * config.batch_size / train_time,
+          "eval_images_per_sec": info.num_test / eval_time,
+          "learning_rate": config.learning_rate,
+          "epoch_time_sec": train_time + eval_time,
+      }
+      # The record goes first: if the save below is cut short, the resumed run
+      # drops it (it is past the checkpoint) and redoes the epoch.
+      reporter.epoch(record)
+      epoch_sums = train_lib.zero_metrics()
+      save(metrics={k: record[k] for k in ("test_accuracy", "test_loss")})
+      if stop:
+        ckpts.wait()
+        raise preemption.Preempted(step, stop.signum)
 
   if record is None:  # Nothing left to train: report the restored state.
-    test = metrics_lib.summarize(
-        evaluate(state, data.test.images, data.test.labels, eval_idx, eval_mask), "test")
     previous = report_lib.read_metrics(workdir)
-    record = {**(previous[-1] if previous else {}), **test, "step": step}
+    record = {**(previous[-1] if previous else {}), **exp.evaluate(state), "step": step}
     reporter.info("training already complete; evaluated the latest checkpoint")
-  ckpts.close()
-  reporter.info(f"final test accuracy: {record['test_accuracy']:.4f} "
-                f"(test loss {record['test_loss']:.4f}, step {step})")
+  return record
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config a run wrote into `workdir`."""
+  path = os.path.join(workdir, report_lib.CONFIG_FILE)
+  if not os.path.exists(path):
+    raise checkpoint_lib.CheckpointError(
+        f"{path} does not exist: {workdir!r} is not the workdir of a run.")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def evaluate_checkpoint(workdir: str, step: str = "latest") -> dict:
+  """Evaluates the checkpoint `step` ('latest', 'best' or a number) of a run's workdir."""
+  workdir = os.path.abspath(workdir)
+  config = load_config(workdir)
+  exp = build_experiment(config)
+  ckpts = open_checkpoints(config, workdir)
+  try:
+    steps = ckpts.all_steps()
+    if not steps:
+      raise checkpoint_lib.CheckpointError(f"No checkpoints in {ckpts.directory}.")
+    if step == "latest":
+      check = lambda meta: check_fingerprint(meta["fingerprint"], exp.fingerprint, workdir)
+      state, _, chosen, skipped = ckpts.restore_newest_good(exp.state, check_meta=check)
+      for bad, reason in skipped:
+        print(f"checkpoint step {bad} is damaged ({reason}); skipped it")
+    else:
+      chosen = ckpts.best_step() if step == "best" else int(step)
+      if chosen not in steps:
+        raise checkpoint_lib.CheckpointError(
+            f"No checkpoint step {step} in {ckpts.directory}; it has steps "
+            f"{', '.join(map(str, steps))} (or use --step latest or best).")
+      state, _ = ckpts.restore(chosen, exp.state)
+  finally:
+    ckpts.close()
+  record = {"step": chosen, **exp.evaluate(state)}
+  if jax.process_index() == 0:
+    print(f"checkpoint step {chosen}: test accuracy {record['test_accuracy']:.4f}, "
+          f"test loss {record['test_loss']:.4f}", flush=True)
   return record

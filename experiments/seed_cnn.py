@@ -17,6 +17,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.data_dir = ml_collections.FieldReference(None, field_type=str)
   config.train_split = "train"
   config.test_split = "test"
+  # Only for config.dataset = "folder:/path" (class subfolders of images): every image
+  # is converted to this (height, width, channels); a single tree of class folders is
+  # split with this share of each class as test; unreadable files: "skip" or "error".
+  config.image_size = (28, 28, 1)
+  config.folder_test_fraction = 0.2
+  config.on_bad_image = "skip"
+  # Training-time augmentation (cnn_jax.data.augment), off in the tutorial: pixels of
+  # zero padding before a random crop back to size (0: no crop), random left-right flip.
+  config.crop_padding = 0
+  config.flip = False
+  # Per-channel (x - mean) / std with statistics of the training split, after / 255.
+  config.normalize = False
 
   config.batch_size = 32
   config.eval_batch_size = 1000
@@ -26,6 +38,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Training steps run per dispatch to the device (lax.scan); also the progress bar's tick.
   config.steps_per_dispatch = 50
 
+  # Also save every N steps inside an epoch (0: at epoch ends only).
+  config.checkpoint_every_steps = 0
   config.keep_checkpoints = 2
   config.keep_best_checkpoints = 1
   config.best_metric = "test_accuracy"
