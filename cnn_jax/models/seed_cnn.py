@@ -19,7 +19,7 @@ class SeedCNN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train  # No dropout or batch statistics in this model.
-    x = nn.Conv(self.features, (3, 3), padding="VALID")(x)
+    x = layers.Conv(self.features, (3, 3), padding="VALID")(x)
     x = nn.relu(x)
     x = layers.max_pool_2x2(x)
     x = x.reshape((x.shape[0], -1))

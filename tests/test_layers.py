@@ -1,0 +1,87 @@
+"""The fast CPU formulations in models/layers.py against XLA's own ops."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnn_jax import models
+from cnn_jax.models import layers
+
+SHAPES = [(1, 28, 28, 1), (3, 27, 27, 3), (1, 5, 7, 1), (3, 5, 7, 3), (2, 6, 9, 1)]
+
+
+def _close(a, b, rtol=1e-5, atol=1e-5):
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_max_pool_matches_reference(shape):
+  x = jax.random.normal(jax.random.key(0), shape)
+  g = jax.random.normal(jax.random.key(1), layers.max_pool_2x2_reference(x).shape)
+  for fast in (layers.max_pool_2x2_reshape, layers.max_pool_2x2):
+    y, vjp = jax.vjp(jax.jit(fast), x)
+    y_ref, vjp_ref = jax.vjp(layers.max_pool_2x2_reference, x)
+    assert y.shape == (shape[0], shape[1] // 2, shape[2] // 2, shape[3])
+    _close(y, y_ref, 0, 0)
+    _close(vjp(g)[0], vjp_ref(g)[0], 0, 0)
+
+
+def test_max_pool_ties_route_like_reference():
+  # Ties are common after a ReLU; the gradient must go where XLA's would.
+  x = jnp.round(jax.random.normal(jax.random.key(2), (2, 8, 6, 3)))
+  x = jnp.maximum(x, 0.0).at[0, :2, :2, 0].set(1.0)
+  g = jax.random.normal(jax.random.key(3), (2, 4, 3, 3))
+  fast = jax.vjp(layers.max_pool_2x2, x)[1](g)[0]
+  ref = jax.vjp(layers.max_pool_2x2_reference, x)[1](g)[0]
+  _close(fast, ref, 0, 0)
+
+
+def test_max_pool_of_other_ranks_uses_reference():
+  x = jax.random.normal(jax.random.key(0), (4, 6, 2))
+  _close(layers.max_pool_2x2(x), layers.max_pool_2x2_reference(x), 0, 0)
+
+
+def _conv_loss(module):
+  def loss(variables, x):
+    return jnp.sum(jnp.sin(module.apply(variables, x)))
+  return loss
+
+
+@pytest.mark.parametrize("shape,padding", [
+    ((1, 28, 28, 1), "VALID"), ((3, 27, 27, 3), "SAME"), ((3, 5, 7, 1), "VALID"),
+    ((1, 5, 7, 3), "VALID")])
+def test_conv_matches_flax_conv(shape, padding):
+  x = jax.random.normal(jax.random.key(0), shape)
+  fast, ref = (cls(8, (3, 3), padding=padding) for cls in (layers.Conv, nn.Conv))
+  variables = ref.init(jax.random.key(1), x)
+  _close(jax.jit(fast.apply)(variables, x), ref.apply(variables, x))
+  grads = jax.jit(jax.grad(_conv_loss(fast), argnums=(0, 1)))(variables, x)
+  grads_ref = jax.grad(_conv_loss(ref), argnums=(0, 1))(variables, x)
+  jax.tree.map(lambda a, b: _close(a, b, 1e-4, 1e-4), grads, grads_ref)
+
+
+def test_conv_falls_back_for_strides():
+  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
+  fast, ref = (cls(4, (3, 3), strides=2) for cls in (layers.Conv, nn.Conv))
+  variables = ref.init(jax.random.key(1), x)
+  _close(fast.apply(variables, x), ref.apply(variables, x))
+
+
+def test_cpu_program_has_no_slow_native_ops():
+  model = models.build_model("seed_cnn", 10)
+  x = jnp.zeros((4, 28, 28, 1))
+  variables = model.init(jax.random.key(0), x)
+  grad = jax.jit(jax.grad(lambda v: jnp.sum(model.apply(v, x))))
+  hlo = grad.lower(variables).compile().as_text()
+  assert "select-and-scatter" not in hlo
+  assert "convolution(" not in hlo
+
+
+def test_seed_model_parameters_unchanged():
+  model = models.build_model("seed_cnn", 10)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  shapes = jax.tree.map(jnp.shape, variables["params"])
+  assert shapes["Conv_0"] == {"kernel": (3, 3, 1, 32), "bias": (32,)}
+  assert sum(p.size for p in jax.tree.leaves(variables)) == 347_146
