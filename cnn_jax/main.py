@@ -19,15 +19,40 @@ _STEP = flags.DEFINE_string("step", "latest", "eval: checkpoint to evaluate: lat
 _FROM = flags.DEFINE_string("from", None, "prepare: directory holding the dataset's files.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "prepare: TFDS data_dir to prepare "
                                 "into (default: TFDS's).")
+_LOCAL_PROCESSES = flags.DEFINE_integer(
+    "local_processes", None, "Start this many processes of one job on this machine "
+    "(each with the devices it sees), gathering their output.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0's "
+                                   "coordinator service.")
+_DISTRIBUTED_TIMEOUT = flags.DEFINE_integer(
+    "distributed_timeout", 120, "Seconds to wait for the other processes to join, and "
+    "(a quarter of it, at least 10) for a silent process to be declared dead.")
 
 USAGE = """commands:
   train --config FILE --workdir DIR [--config.FIELD=VALUE ...]
   eval --workdir DIR [--step latest|best|N]
-  prepare NAME --from DIR [--data_dir DIR]"""
+  prepare NAME --from DIR [--data_dir DIR]
+multi-process: add --local_processes N (here), or --num_processes N --process_id I
+  --coordinator HOST:PORT on each host (Slurm and Open MPI are detected by JAX)."""
 
 
 def main(argv):
   command, args = (argv[1], argv[2:]) if len(argv) > 1 else (None, [])
+  from cnn_jax import launch  # pylint: disable=g-import-not-at-top
+  from cnn_jax import xla_flags  # pylint: disable=g-import-not-at-top
+  xla_flags.set_default_flags()  # Before JAX starts a backend (children inherit them).
+  if _LOCAL_PROCESSES.value:
+    forwarded, skip = [], False
+    for a in sys.argv[1:]:
+      if not skip and not a.startswith("--local_processes"):
+        forwarded.append(a)
+      skip = not skip and a == "--local_processes"  # Its value is the next argument.
+    return launch.launch_local(_LOCAL_PROCESSES.value, forwarded,
+                               _DISTRIBUTED_TIMEOUT.value)
+  launch.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                    _DISTRIBUTED_TIMEOUT.value)
   # Orbax logs every checkpoint write at INFO; keep the console for the run's own lines.
   logging.set_verbosity(logging.WARNING)
   from cnn_jax import preemption  # pylint: disable=g-import-not-at-top

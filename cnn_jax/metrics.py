@@ -6,9 +6,16 @@ import jax
 import numpy as np
 
 
+def host_value(x) -> np.ndarray:
+  """A replicated (possibly multi-process) array's value on this host."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    x = x.addressable_data(0)
+  return np.asarray(x)
+
+
 def summarize(sums, prefix: str) -> dict[str, float]:
   """{'<prefix>_loss', '<prefix>_accuracy'} from summed loss, correct and count."""
-  sums = jax.device_get(sums)
+  sums = {k: host_value(v) for k, v in sums.items()}
   count = float(sums["count"])
   if count == 0:
     return {f"{prefix}_loss": math.nan, f"{prefix}_accuracy": math.nan}
@@ -18,4 +25,4 @@ def summarize(sums, prefix: str) -> dict[str, float]:
 
 def to_host(sums) -> dict[str, float]:
   """Metric sums as plain floats (for JSON checkpoint metadata)."""
-  return {k: float(np.asarray(v)) for k, v in jax.device_get(sums).items()}
+  return {k: float(host_value(v)) for k, v in sums.items()}

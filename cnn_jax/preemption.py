@@ -12,9 +12,10 @@ PREEMPTED_EXIT_CODE = 75
 class Preempted(Exception):
   """The run stopped on a signal after saving a checkpoint at `step`."""
 
-  def __init__(self, step: int, signum: int):
-    super().__init__(f"stopped by {signal.Signals(signum).name} after saving the "
-                     f"checkpoint of step {step}; run the same command again to resume")
+  def __init__(self, step: int, signum: int | None):
+    cause = signal.Signals(signum).name if signum else "a signal to another process"
+    super().__init__(f"stopped by {cause} after saving the checkpoint of step {step}; "
+                     "run the same command again to resume")
     self.step = step
     self.signum = signum
 
@@ -27,6 +28,20 @@ class StopRequest:
 
   def __bool__(self) -> bool:
     return self.signum is not None
+
+
+def agreed(request: StopRequest) -> bool:
+  """Whether any process was asked to stop; all processes then stop at the same step.
+
+  A collective (a few bytes) when there are several processes; free otherwise.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return bool(request)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  flags = multihost_utils.process_allgather(np.int32(bool(request)))
+  return bool(np.asarray(flags).any())
 
 
 @contextlib.contextmanager

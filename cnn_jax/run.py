@@ -22,6 +22,7 @@ from cnn_jax import train as train_lib
 from cnn_jax.data import augment as augment_lib
 from cnn_jax.data import in_memory
 from cnn_jax.data import preprocess as preprocess_lib
+from cnn_jax.data import streaming
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -34,7 +35,8 @@ def root_keys(seed: int) -> dict[str, jax.Array]:
 
 def fingerprint(config, info) -> dict:
   """What a checkpoint must agree on with the config that resumes it."""
-  return {"model": config.model, "model_kwargs": config.model_kwargs.to_dict(),
+  return {"model": config.model, "model_kwargs": json.loads(json.dumps(
+              config.model_kwargs.to_dict())),  # Tuples as lists, as saved in JSON.
           "dataset": config.dataset, "image_shape": list(info.image_shape),
           "num_classes": info.num_classes, "batch_size": config.batch_size}
 
@@ -68,7 +70,7 @@ class Experiment:
   """Everything a run needs, built from a config: data, state, compiled steps."""
   config: ml_collections.ConfigDict
   mesh: jax.sharding.Mesh
-  data: data_lib.Data
+  data: data_lib.Data | streaming.StreamingData
   state: train_lib.TrainState
   train_chunk: callable
   evaluate_fn: callable
@@ -80,19 +82,23 @@ class Experiment:
 
   def evaluate(self, state) -> dict:
     """Test loss and accuracy of `state` over every test example."""
+    if isinstance(self.data, streaming.StreamingData):
+      sums = functools.reduce(train_lib.add_metrics, (
+          self.evaluate_fn(state, *batch) for batch in self.data.eval_batches()))
+      return metrics_lib.summarize(sums, "test")
     info, mesh = self.data.info, self.mesh
     batch = min(self.config.eval_batch_size,
                 -(-info.num_test // mesh.devices.size) * mesh.devices.size)
     idx, mask = in_memory.eval_order(info.num_test, batch)
-    sums = self.evaluate_fn(state, self.data.test.images, self.data.test.labels, idx, mask)
+    rows = mesh_lib.put_replicated(self.data.test.rows[idx], mesh)
+    mask = mesh_lib.put_replicated(mask, mesh)
+    sums = self.evaluate_fn(state, self.data.test.images, self.data.test.labels, rows, mask)
     return metrics_lib.summarize(sums, "test")
 
 
 def input_fns(config, data: data_lib.Data):
   """(preprocess, augment) from config; normalisation statistics from the train split."""
-  mean = std = None
-  if config.normalize:
-    mean, std = preprocess_lib.channel_stats(np.asarray(data.train.images))
+  mean, std = data.channel_stats or (None, None)
   return (preprocess_lib.make_preprocess(mean, std),
           augment_lib.make_augment(config.crop_padding, config.flip))
 
@@ -103,6 +109,7 @@ def build_experiment(config) -> Experiment:
   mesh_lib.check_batch_size(config.batch_size, mesh)
   mesh_lib.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
   data = data_lib.load(config, mesh)
+  streamed = isinstance(data, streaming.StreamingData)
   info = data.info
   if info.num_train < config.batch_size:
     raise ValueError(f"batch_size={config.batch_size} exceeds the {info.num_train} "
@@ -115,11 +122,16 @@ def build_experiment(config) -> Experiment:
       root_keys(config.seed)["init"])
   preprocess, augment = input_fns(config, data)
   batch_sharding = mesh_lib.batch_sharding(mesh)
+  train_steps, evaluate = ((train_lib.train_steps_on_batches, train_lib.evaluate_batches)
+                           if streamed else (train_lib.train_steps, train_lib.evaluate))
   train_chunk = jax.jit(
-      functools.partial(train_lib.train_steps, preprocess=preprocess, augment=augment,
+      functools.partial(train_steps, preprocess=preprocess, augment=augment,
                         batch_sharding=batch_sharding), donate_argnums=0)
+  if not config.scan_steps:
+    train_chunk = train_lib.one_step_per_dispatch(
+        train_chunk, stepped=(0, 1) if streamed else (2,))
   evaluate_fn = jax.jit(functools.partial(
-      train_lib.evaluate, preprocess=preprocess, batch_sharding=batch_sharding))
+      evaluate, preprocess=preprocess, batch_sharding=batch_sharding))
   return Experiment(config, mesh, data, state, train_chunk, evaluate_fn,
                     fingerprint(config, info))
 
@@ -185,14 +197,26 @@ def _restore_or_init(exp: Experiment, ckpts, workdir: str, reporter):
   return restored, sums
 
 
+def epoch_reader(exp: Experiment):
+  """`(epoch, step) -> the epoch's batches from that step on`, a pure function of
+  (seed, epoch) for either pipeline."""
+  if isinstance(exp.data, streaming.StreamingData):
+    return exp.data.train_epoch
+  epoch_order = jax.jit(in_memory.epoch_order, static_argnums=3)
+  train_rows = mesh_lib.put_replicated(exp.data.train.rows, exp.mesh)
+  data_key = root_keys(exp.config.seed)["data"]
+  # The order goes to the host: slicing a device array at each new offset compiles.
+  return lambda epoch, _: in_memory.InMemoryEpoch(exp.data.train, metrics_lib.host_value(
+      epoch_order(data_key, epoch, train_rows, exp.config.batch_size)))
+
+
 def _train(exp: Experiment, state, epoch_sums, ckpts, reporter, workdir: str) -> dict:
   config, info = exp.config, exp.data.info
-  epoch_order = jax.jit(in_memory.epoch_order, static_argnums=(2, 3))
-  data_key = root_keys(config.seed)["data"]
+  epoch_batches = epoch_reader(exp)
   steps_per_epoch = exp.steps_per_epoch
   total_steps = steps_per_epoch * config.num_epochs
   chunk, every = max(1, config.steps_per_dispatch), config.checkpoint_every_steps
-  step = int(state.step)
+  step = int(metrics_lib.host_value(state.step))
   record = None
   reporter.info(
       f"{config.model} on {info.name}: {info.num_train} train / {info.num_test} test, "
@@ -209,24 +233,24 @@ def _train(exp: Experiment, state, epoch_sums, ckpts, reporter, workdir: str) ->
   with preemption.stop_on_signals() as stop:
     while step < total_steps:
       epoch, pos = divmod(step, steps_per_epoch)
-      order = epoch_order(data_key, epoch, info.num_train, config.batch_size)
+      batches = epoch_batches(epoch, pos)
       first_pos, t0 = pos, time.perf_counter()
       with reporter.progress(steps_per_epoch, pos, epoch + 1) as bar:
         while pos < steps_per_epoch:
           end = chunk_end(step, pos, steps_per_epoch, chunk, every)
-          state, sums = exp.train_chunk(state, exp.data.train.images,
-                                        exp.data.train.labels, order[pos:end])
+          state, sums = exp.train_chunk(state, *batches.take(pos, end))
           epoch_sums = train_lib.add_metrics(epoch_sums, sums)
-          if np.isnan(float(sums["loss"])):
+          if np.isnan(metrics_lib.host_value(sums["loss"])):
             raise FloatingPointError(
                 f"NaN training loss in epoch {epoch + 1} between steps {step} and "
                 f"{step + end - pos}; lower --config.learning_rate or check the data.")
           step += end - pos
           bar.update(end - pos)
           pos = end
-          if pos < steps_per_epoch and (stop or (every and step % every == 0)):
+          stopping = preemption.agreed(stop)
+          if pos < steps_per_epoch and (stopping or (every and step % every == 0)):
             save()
-            if stop:
+            if stopping:
               ckpts.wait()
               raise preemption.Preempted(step, stop.signum)
       train_time = time.perf_counter() - t0
@@ -238,6 +262,7 @@ def _train(exp: Experiment, state, epoch_sums, ckpts, reporter, workdir: str) ->
           **metrics_lib.summarize(epoch_sums, "train"), **test,
           "images_per_sec": (pos - first_pos) * config.batch_size / train_time,
           "eval_images_per_sec": info.num_test / eval_time,
+          "data_wait_sec": batches.wait_sec,
           "learning_rate": config.learning_rate,
           "epoch_time_sec": train_time + eval_time,
       }
@@ -246,7 +271,7 @@ def _train(exp: Experiment, state, epoch_sums, ckpts, reporter, workdir: str) ->
       reporter.epoch(record)
       epoch_sums = train_lib.zero_metrics()
       save(metrics={k: record[k] for k in ("test_accuracy", "test_loss")})
-      if stop:
+      if preemption.agreed(stop):
         ckpts.wait()
         raise preemption.Preempted(step, stop.signum)
 

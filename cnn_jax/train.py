@@ -1,7 +1,8 @@
 """TrainState, train_step and eval_step: pure functions, no I/O.
 
 `train_steps` and `evaluate` run many steps in one dispatch (`lax.scan` over batches
-gathered from a device-resident split), so no host round trip happens between steps.
+gathered from a device-resident split), so no host round trip happens between steps;
+`train_steps_on_batches` and `evaluate_batches` do the same over batches streamed in.
 Training batches may be augmented (`augment(key, images)`); evaluation never is.
 """
 
@@ -97,6 +98,21 @@ def add_metrics(a: Metrics, b: Metrics) -> Metrics:
   return jax.tree.map(jnp.add, a, b)
 
 
+def _train_body(preprocess: Callable, augment: Callable | None, batch_sharding):
+  """The scan body of one training step on a {'image': uint8, 'label'} batch."""
+  def body(carry, batch):
+    state, sums = carry
+    if batch_sharding is not None:
+      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    image = batch["image"]
+    if augment is not None:
+      image = augment(step_key(state, AUGMENT_STREAM), image)
+    batch = {"image": preprocess(image), "label": batch["label"]}
+    state, metrics = train_step(state, batch)
+    return (state, add_metrics(sums, metrics)), None
+  return body
+
+
 def train_steps(state: TrainState, images: jax.Array, labels: jax.Array,
                 order: jax.Array, *, preprocess: Callable, augment: Callable | None = None,
                 batch_sharding=None) -> tuple[TrainState, Metrics]:
@@ -107,20 +123,32 @@ def train_steps(state: TrainState, images: jax.Array, labels: jax.Array,
   the raw pixels, with the step's AUGMENT_STREAM key), then preprocessed by
   `preprocess(images) -> float images`.
   """
-  def body(carry, indices):
-    state, sums = carry
-    batch = {"image": images[indices], "label": labels[indices]}
+  body = _train_body(preprocess, augment, batch_sharding)
+  gather = lambda carry, indices: body(
+      carry, {"image": images[indices], "label": labels[indices]})
+  (state, sums), _ = jax.lax.scan(gather, (state, zero_metrics()), order)
+  return state, sums
+
+
+def train_steps_on_batches(state: TrainState, images: jax.Array, labels: jax.Array, *,
+                           preprocess: Callable, augment: Callable | None = None,
+                           batch_sharding=None) -> tuple[TrainState, Metrics]:
+  """Like `train_steps`, on batches given in full: images [steps, batch, H, W, C], labels
+  [steps, batch] (e.g. streamed from the host, sharded P(None, 'data'))."""
+  body = _train_body(preprocess, augment, batch_sharding)
+  (state, sums), _ = jax.lax.scan(body, (state, zero_metrics()),
+                                  {"image": images, "label": labels})
+  return state, sums
+
+
+def _eval_body(state: TrainState, preprocess: Callable, batch_sharding):
+  """The scan body of `eval_step` on a {'image': uint8, 'label', 'mask'} batch."""
+  def body(sums, batch):
+    batch = {**batch, "image": preprocess(batch["image"])}
     if batch_sharding is not None:
       batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    image = batch["image"]
-    if augment is not None:
-      image = augment(step_key(state, AUGMENT_STREAM), image)
-    batch["image"] = preprocess(image)
-    state, metrics = train_step(state, batch)
-    return (state, add_metrics(sums, metrics)), None
-
-  (state, sums), _ = jax.lax.scan(body, (state, zero_metrics()), order)
-  return state, sums
+    return add_metrics(sums, eval_step(state, batch)), None
+  return body
 
 
 def evaluate(state: TrainState, images: jax.Array, labels: jax.Array,
@@ -130,12 +158,42 @@ def evaluate(state: TrainState, images: jax.Array, labels: jax.Array,
 
   Images go through `preprocess` only: evaluation is never augmented.
   """
-  def body(sums, xs):
-    indices, valid = xs
-    batch = {"image": preprocess(images[indices]), "label": labels[indices], "mask": valid}
-    if batch_sharding is not None:
-      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-    return add_metrics(sums, eval_step(state, batch)), None
-
-  sums, _ = jax.lax.scan(body, zero_metrics(), (order, mask))
+  body = _eval_body(state, preprocess, batch_sharding)
+  gather = lambda sums, xs: body(
+      sums, {"image": images[xs[0]], "label": labels[xs[0]], "mask": xs[1]})
+  sums, _ = jax.lax.scan(gather, zero_metrics(), (order, mask))
   return sums
+
+
+def evaluate_batches(state: TrainState, images: jax.Array, labels: jax.Array,
+                     mask: jax.Array, *, preprocess: Callable,
+                     batch_sharding=None) -> Metrics:
+  """Like `evaluate`, on batches given in full: images [batches, batch, H, W, C],
+  labels and mask [batches, batch]."""
+  body = _eval_body(state, preprocess, batch_sharding)
+  sums, _ = jax.lax.scan(body, zero_metrics(),
+                         {"image": images, "label": labels, "mask": mask})
+  return sums
+
+
+def one_step_per_dispatch(steps_fn: Callable, stepped: tuple[int, ...]) -> Callable:
+  """Runs a jitted multi-step function (`train_steps`, `train_steps_on_batches`) one
+  step per call, with the same arguments and results.
+
+  XLA:CPU compiles the convolutions of some models (e.g. with BatchNorm) far slower
+  inside a `lax.scan` than in a straight-line program; a scan of one step is
+  straight-line. Dispatch stays asynchronous, so the host does not wait between steps.
+
+  Args:
+    steps_fn: `fn(state, *args) -> (state, metric sums)` scanning over the leading axis
+      of the arguments at positions `stepped` (counted in `args`, from 0).
+    stepped: which of `args` carry one entry per step.
+  """
+  def run(state, *args):
+    sums = zero_metrics()
+    for i in range(args[stepped[0]].shape[0]):
+      step_args = [a[i:i + 1] if k in stepped else a for k, a in enumerate(args)]
+      state, metrics = steps_fn(state, *step_args)
+      sums = add_metrics(sums, metrics)
+    return state, sums
+  return run

@@ -134,7 +134,7 @@ def split_and_state(n=64, shape=(12, 12, 1)):
 
 def test_train_steps_augment_each_step_with_its_own_key(split_and_state):
   split, state, mesh = split_and_state
-  order = in_memory.epoch_order(jax.random.key(1), 0, 64, 16)[:2]
+  order = in_memory.epoch_order(jax.random.key(1), 0, jnp.arange(64), 16)[:2]
   aug = augment_lib.make_augment(crop_padding=2, flip=True)
   plain_steps, augmented_steps = (jax.jit(functools.partial(
       train.train_steps, preprocess=preprocess.scale_to_unit, augment=augment,

@@ -52,12 +52,17 @@ def test_scale_to_unit_is_the_tutorial_preprocessing():
 
 
 def test_epoch_order_is_a_seeded_permutation_per_epoch():
-  key = jax.random.key(0)
-  a = np.asarray(in_memory.epoch_order(key, 0, 100, 32))
+  key, rows = jax.random.key(0), jnp.arange(100)
+  a = np.asarray(in_memory.epoch_order(key, 0, rows, 32))
   assert a.shape == (3, 32) and len(set(a.ravel())) == 96 and a.max() < 100
-  np.testing.assert_array_equal(a, in_memory.epoch_order(key, 0, 100, 32))
-  assert not np.array_equal(a, in_memory.epoch_order(key, 1, 100, 32))
-  assert not np.array_equal(a, in_memory.epoch_order(jax.random.key(1), 0, 100, 32))
+  np.testing.assert_array_equal(a, in_memory.epoch_order(key, 0, rows, 32))
+  assert not np.array_equal(a, in_memory.epoch_order(key, 1, rows, 32))
+  assert not np.array_equal(a, in_memory.epoch_order(jax.random.key(1), 0, rows, 32))
+  # Rows of padded process shares: the same examples in the same order, moved.
+  shares = in_memory.share_layout([34, 33, 33], local_devices=4)
+  assert shares[0] == 36
+  moved = np.asarray(in_memory.epoch_order(key, 0, jnp.asarray(shares[1]), 32))
+  np.testing.assert_array_equal(moved, shares[1][a])
 
 
 def test_eval_order_covers_every_example_exactly_once():
@@ -67,10 +72,11 @@ def test_eval_order_covers_every_example_exactly_once():
     np.testing.assert_array_equal(np.sort(idx[mask]), np.arange(n))
 
 
-def test_split_is_kept_on_device_replicated(data_dir):
+def test_split_is_kept_on_device_sharded_by_rows():
   mesh = mesh_lib.make_mesh()
-  split = in_memory.put_split(np.zeros((10, 28, 28, 1), np.uint8), np.arange(10, dtype=np.int32),
-                              mesh)
+  images = np.arange(10 * 4, dtype=np.uint8).reshape(10, 2, 2, 1)
+  split = in_memory.put_split(images, np.arange(10, dtype=np.int32), mesh)
   assert split.num_examples == 10
-  assert split.images.sharding.is_fully_replicated
+  assert split.images.sharding == mesh_lib.batch_sharding(mesh)
   assert split.images.dtype == jnp.uint8
+  np.testing.assert_array_equal(np.asarray(split.images)[split.rows], images)

@@ -47,7 +47,9 @@ def test_jitted_step_equals_unjitted_step():
   with jax.disable_jit():
     s2, m2 = train.train_step(make_state(), batch)
   for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # Adam's first step moves each weight by about lr * sign(grad): a tiny gradient's
+    # rounding can shift it slightly, so the tolerance is 1% of a step (lr = 1e-3).
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
   assert float(m1["count"]) == 32
 
@@ -94,7 +96,7 @@ def run_epochs(seed, epochs=2, n=256, batch=32):
                   donate_argnums=0)
   state = make_state(seed)
   for epoch in range(epochs):
-    order = in_memory.epoch_order(jax.random.key(seed), epoch, n, batch)
+    order = in_memory.epoch_order(jax.random.key(seed), epoch, jnp.asarray(split.rows), batch)
     state, _ = chunk(state, split.images, split.labels, order)
   return state
 

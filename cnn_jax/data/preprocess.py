@@ -63,6 +63,14 @@ def channel_stats(images, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
   Returns:
     (mean, std), float32 arrays of shape [C]; std is the population std (ddof=0).
   """
+  return stats_from_sums(*channel_sums(images, chunk))
+
+
+def channel_sums(images, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Exact per-channel (sum, sum of squares, count) of uint8 images [N, H, W, C].
+
+  Integer sums, so the shares of several processes add up exactly.
+  """
   images = np.asarray(images)
   if images.ndim != 4 or images.dtype != np.uint8 or images.shape[0] == 0:
     raise ValueError("channel_stats expects a non-empty uint8 array [N, H, W, C]; got "
@@ -74,7 +82,11 @@ def channel_stats(images, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     part = images[start:start + chunk].reshape(-1, channels).astype(np.int64)
     total += part.sum(0)
     squares += (part * part).sum(0)
-  count = images.size // channels
+  return total, squares, np.full(channels, images.size // channels, np.int64)
+
+
+def stats_from_sums(total, squares, count) -> tuple[np.ndarray, np.ndarray]:
+  """(mean, std) on the [0, 1] scale from `channel_sums`."""
   mean = total / count
   var = np.maximum(squares / count - mean * mean, 0.0)
   return (mean / 255.0).astype(np.float32), (np.sqrt(var) / 255.0).astype(np.float32)
