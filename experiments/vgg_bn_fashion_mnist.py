@@ -5,8 +5,11 @@ Dense 256 -> BN -> ReLU -> Dropout -> Dense 10: 871,082 parameters, ~38 MFLOPs p
 image forward (~115 MFLOPs per training image). Random 2-pixel crops and left-right
 flips on training batches; inputs normalised with the training split's mean and std.
 Adam 1e-3, batch 128, 15 epochs; aims at >= 0.930 test accuracy.
-Needs network access for TFDS to download fashion_mnist (or a data_dir where it is
-prepared):
+TFDS downloads fashion_mnist where it can;
+offline, prepare it once from its IDX files (Debian: apt-get install
+dataset-fashion-mnist):
+
+  ./run.sh prepare fashion_mnist --from /usr/share/datasets/fashion-mnist
 
   ./run.sh train --config experiments/vgg_bn_fashion_mnist.py \
       --workdir runs/vgg_bn_fashion_mnist
