@@ -306,7 +306,8 @@ def test_checkpoint_moves_between_device_counts(data_dir, tmp_path, first, then)
   train_cli(stayed, data_dir, *TINY, "--config.num_epochs=2", devices=first)
   # Equal up to float reduction order: sums over 8 shards differ in the last bits.
   moved_state, stayed_state = final_params(moved)[1], final_params(stayed)[1]
-  assert_trees_equal(moved_state["params"], stayed_state["params"], exact=False)
+  assert_trees_equal(moved_state["params"], stayed_state["params"], exact=False,
+                     atol=1e-4)  # A tenth of one Adam step (learning rate 1e-3).
   assert_trees_equal(moved_state["opt_state"], stayed_state["opt_state"], exact=False,
                      atol=2e-4)
   moved_acc = report.read_metrics(moved)[-1]["test_accuracy"]
