@@ -127,9 +127,6 @@ def build_experiment(config) -> Experiment:
   train_chunk = jax.jit(
       functools.partial(train_steps, preprocess=preprocess, augment=augment,
                         batch_sharding=batch_sharding), donate_argnums=0)
-  if not config.scan_steps:
-    train_chunk = train_lib.one_step_per_dispatch(
-        train_chunk, stepped=(0, 1) if streamed else (2,))
   evaluate_fn = jax.jit(functools.partial(
       evaluate, preprocess=preprocess, batch_sharding=batch_sharding))
   return Experiment(config, mesh, data, state, train_chunk, evaluate_fn,

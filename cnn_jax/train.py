@@ -174,26 +174,3 @@ def evaluate_batches(state: TrainState, images: jax.Array, labels: jax.Array,
   sums, _ = jax.lax.scan(body, zero_metrics(),
                          {"image": images, "label": labels, "mask": mask})
   return sums
-
-
-def one_step_per_dispatch(steps_fn: Callable, stepped: tuple[int, ...]) -> Callable:
-  """Runs a jitted multi-step function (`train_steps`, `train_steps_on_batches`) one
-  step per call, with the same arguments and results.
-
-  XLA:CPU compiles the convolutions of some models (e.g. with BatchNorm) far slower
-  inside a `lax.scan` than in a straight-line program; a scan of one step is
-  straight-line. Dispatch stays asynchronous, so the host does not wait between steps.
-
-  Args:
-    steps_fn: `fn(state, *args) -> (state, metric sums)` scanning over the leading axis
-      of the arguments at positions `stepped` (counted in `args`, from 0).
-    stepped: which of `args` carry one entry per step.
-  """
-  def run(state, *args):
-    sums = zero_metrics()
-    for i in range(args[stepped[0]].shape[0]):
-      step_args = [a[i:i + 1] if k in stepped else a for k, a in enumerate(args)]
-      state, metrics = steps_fn(state, *step_args)
-      sums = add_metrics(sums, metrics)
-    return state, sums
-  return run

@@ -43,10 +43,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   # Training steps run per dispatch to the device (lax.scan); also the progress bar's tick.
   config.steps_per_dispatch = 50
-  # Run those steps in one lax.scan (fastest for this model). False dispatches one
-  # jitted step at a time: XLA:CPU runs some models' convolutions far slower inside a
-  # scan (the VGG model: ~10x).
-  config.scan_steps = True
 
   # Also save every N steps inside an epoch (0: at epoch ends only).
   config.checkpoint_every_steps = 0

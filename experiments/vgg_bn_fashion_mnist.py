@@ -29,5 +29,4 @@ def get_config():
   config.num_epochs = 15
   config.learning_rate = 1e-3
   config.steps_per_dispatch = 39  # 468 steps per epoch = 12 dispatches of 39.
-  config.scan_steps = False  # XLA:CPU runs this model ~10x slower inside lax.scan.
   return config
