@@ -86,14 +86,19 @@ class Experiment:
       sums = functools.reduce(train_lib.add_metrics, (
           self.evaluate_fn(state, *batch) for batch in self.data.eval_batches()))
       return metrics_lib.summarize(sums, "test")
+    sums = self.evaluate_fn(state, self.data.test.images, self.data.test.labels,
+                            *self._eval_rows_and_mask)
+    return metrics_lib.summarize(sums, "test")
+
+  @functools.cached_property
+  def _eval_rows_and_mask(self):
+    """Padded, masked eval batches of test rows, put on the devices once per run."""
     info, mesh = self.data.info, self.mesh
     batch = min(self.config.eval_batch_size,
                 -(-info.num_test // mesh.devices.size) * mesh.devices.size)
     idx, mask = in_memory.eval_order(info.num_test, batch)
-    rows = mesh_lib.put_replicated(self.data.test.rows[idx], mesh)
-    mask = mesh_lib.put_replicated(mask, mesh)
-    sums = self.evaluate_fn(state, self.data.test.images, self.data.test.labels, rows, mask)
-    return metrics_lib.summarize(sums, "test")
+    return (mesh_lib.put_replicated(self.data.test.rows[idx], mesh),
+            mesh_lib.put_replicated(mask, mesh))
 
 
 def input_fns(config, data: data_lib.Data):
