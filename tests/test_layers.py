@@ -4,9 +4,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from cnn_jax import models
+from cnn_jax import train
 from cnn_jax.models import layers
 
 SHAPES = [(1, 28, 28, 1), (3, 27, 27, 3), (1, 5, 7, 1), (3, 5, 7, 3), (2, 6, 9, 1)]
@@ -69,14 +71,37 @@ def test_conv_falls_back_for_strides():
   _close(fast.apply(variables, x), ref.apply(variables, x))
 
 
+def _cpu_hlo(fn, *args) -> str:
+  """The optimised XLA:CPU program of `jax.jit(fn)(*args)`, whatever the default device."""
+  with jax.default_device(jax.devices("cpu")[0]):
+    return jax.jit(fn).lower(*args).compile().as_text()
+
+
 def test_cpu_program_has_no_slow_native_ops():
   model = models.build_model("seed_cnn", 10)
   x = jnp.zeros((4, 28, 28, 1))
   variables = model.init(jax.random.key(0), x)
-  grad = jax.jit(jax.grad(lambda v: jnp.sum(model.apply(v, x))))
-  hlo = grad.lower(variables).compile().as_text()
+  hlo = _cpu_hlo(jax.grad(lambda v: jnp.sum(model.apply(v, x))), variables)
   assert "select-and-scatter" not in hlo
   assert "convolution(" not in hlo
+
+
+def test_vgg_steps_in_a_loop_keep_only_plain_convolutions():
+  # Inside a while loop XLA:CPU does not rewrite a convolution with other dimension
+  # orders into a plain one and runs it ~50x slower (jax-ml/jax#12868); nn.Conv's
+  # gradients are such convolutions. Every convolution left must be NHWC x HWIO.
+  model = models.build_model("vgg_bn", 10)
+  state = train.create_train_state(model, jax.random.key(0), (28, 28, 1),
+                                   optax.adam(1e-3))
+  batches = {"image": jnp.zeros((2, 8, 28, 28, 1)), "label": jnp.zeros((2, 8), jnp.int32)}
+  hlo = _cpu_hlo(lambda s, b: jax.lax.scan(train.train_step, s, b), state, batches)
+  convolutions = [line for line in hlo.splitlines() if " convolution(" in line]
+  # Forward pass and input gradient of the three convolutions after the first (on
+  # one channel, that one is elementwise, and its input needs no gradient).
+  assert len(convolutions) == 6, convolutions
+  for line in convolutions:
+    assert "dim_labels=b01f_01io->b01f" in line, line
+  assert "select-and-scatter" not in hlo
 
 
 def test_seed_model_parameters_unchanged():

@@ -2,7 +2,8 @@
 
 Some layers have a second formulation of the same function that runs faster on
 XLA:CPU, whose native max-pool gradient (`select_and_scatter`) and convolution
-weight gradient are slow there. The choice is made per backend by
+gradients are slow there, the convolution gradients up to 50x inside a `lax.scan`
+loop such as `train.train_steps`. The choice is made per backend by
 `lax.platform_dependent` when the program is lowered, so model files and configs
 are the same everywhere: CPU gets the fast formulation, GPU/TPU keep XLA's ops.
 """
@@ -77,24 +78,27 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
       x, cpu=max_pool_2x2_reshape, default=max_pool_2x2_reference)
 
 
+# Up to this many patch features (kh * kw * cin) the weight gradient stacks all
+# shifted windows into one matmul; it costs kh * kw copies of the input.
+MAX_IM2COL_FEATURES = 64
+
+
 def _shifted_windows(x: jax.Array, kh: int, kw: int) -> list[jax.Array]:
   ho, wo = x.shape[1] - kh + 1, x.shape[2] - kw + 1
   return [x[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)]
 
 
-def _conv_shifted_forward(x, w, precision):
-  kh, kw, cin, _ = w.shape
-  windows = _shifted_windows(x, kh, kw)
-  taps = w.reshape(kh * kw, cin, -1)
-  if cin == 1:  # A broadcast multiply-add that XLA fuses with what follows.
-    return sum(win * taps[k, 0] for k, win in enumerate(windows))
-  return sum(jnp.dot(win, taps[k], precision=precision)
-             for k, win in enumerate(windows))
-
-
 def _conv_valid_reference(x, w, precision):
   return lax.conv_general_dilated(x, w, (1, 1), "VALID", precision=precision,
                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _conv_shifted_forward(x, w, precision):
+  kh, kw, cin, _ = w.shape
+  if cin == 1:  # A broadcast multiply-add that XLA fuses with what follows.
+    taps = w.reshape(kh * kw, -1)
+    return sum(win * taps[k] for k, win in enumerate(_shifted_windows(x, kh, kw)))
+  return _conv_valid_reference(x, w, precision)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -109,14 +113,24 @@ def _conv_shifted_fwd(x, w, precision):
 def _conv_shifted_bwd(precision, residuals, g):
   x, w = residuals
   kh, kw, cin, cout = w.shape
-  # One matmul of all shifted windows against the output gradient; XLA:CPU's
-  # native convolution weight gradient is many times slower.
-  windows = jnp.stack(_shifted_windows(x, kh, kw))
-  dw = lax.dot_general(windows, g, (((1, 2, 3), (0, 1, 2)), ((), ())),
-                       precision=precision)
-  # The input gradient is XLA's own; it is removed when unused (first layer).
-  _, vjp_x = jax.vjp(lambda x: _conv_valid_reference(x, w, precision), x)
-  return vjp_x(g)[0], dw.reshape(kh, kw, cin, cout)
+  # XLA:CPU computes both gradients of its native convolution as convolutions
+  # with unusual dimension orders; outside loops it rewrites them into plain
+  # ones, inside a while loop (lax.scan) it does not, and they run up to 50x
+  # slower (jax-ml/jax#12868). Here both are formulated so that no such
+  # convolution is left: the weight gradient as matmuls of the shifted windows
+  # against the output gradient, the input gradient as a plain NHWC x HWIO
+  # convolution of the zero-padded output gradient with the flipped kernel.
+  windows = _shifted_windows(x, kh, kw)
+  if kh * kw * cin <= MAX_IM2COL_FEATURES:  # One matmul over all taps at once.
+    dw = lax.dot_general(jnp.stack(windows), g, (((1, 2, 3), (0, 1, 2)), ((), ())),
+                         precision=precision)
+  else:  # One matmul per tap: no kh * kw copies of the input held at once.
+    dw = jnp.stack([lax.dot_general(win, g, (((0, 1, 2), (0, 1, 2)), ((), ())),
+                                    precision=precision) for win in windows])
+  # Unused for the first layer's input, and then removed by XLA.
+  flipped = jnp.flip(w, (0, 1)).swapaxes(2, 3)
+  padded = jnp.pad(g, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
+  return _conv_valid_reference(padded, flipped, precision), dw.reshape(kh, kw, cin, cout)
 
 
 _conv_shifted.defvjp(_conv_shifted_fwd, _conv_shifted_bwd)
@@ -142,18 +156,13 @@ def conv_shifted(lhs: jax.Array, rhs: jax.Array, padding: Sequence[tuple[int, in
   return _conv_shifted(lhs, rhs, precision)
 
 
-# The fast path is for small patches (kh * kw * cin): then the stacked windows cost
-# little memory and XLA:CPU's native convolution gradients are at their slowest.
-MAX_IM2COL_FEATURES = 64
-
-
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None,
                          feature_group_count=1, precision=None, **kwargs):
   """`lax.conv_general_dilated` that uses `conv_shifted` on CPU where it applies.
 
-  Applies to 2-D NHWC/HWIO stride-1 undilated ungrouped convolutions with small
-  patches; everything else, and every non-CPU backend, calls the lax op.
+  Applies to 2-D NHWC/HWIO stride-1 undilated ungrouped convolutions; everything
+  else, and every non-CPU backend, calls the lax op.
   """
   def reference(lhs, rhs):
     return lax.conv_general_dilated(
@@ -167,8 +176,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
       lhs.ndim == 4 and not kwargs and feature_group_count == 1
       and ones(window_strides) and ones(lhs_dilation) and ones(rhs_dilation)
       and dimension_numbers is not None
-      and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
-      and rhs.shape[0] * rhs.shape[1] * rhs.shape[2] <= MAX_IM2COL_FEATURES)
+      and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc)
   if not applies:
     return reference(lhs, rhs)
   pads = (lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)

@@ -31,7 +31,7 @@ class VGGBN(nn.Module):
     norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)
     for width in self.widths:
       for _ in range(self.convs_per_block):
-        x = nn.Conv(width, (3, 3), padding="SAME", use_bias=False)(x)
+        x = layers.Conv(width, (3, 3), padding="SAME", use_bias=False)(x)
         x = nn.relu(norm()(x))
       x = layers.max_pool_2x2(x)
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
