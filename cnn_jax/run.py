@@ -9,13 +9,13 @@ import time
 import jax
 import ml_collections
 import numpy as np
-import optax
 
 from cnn_jax import checkpoint as checkpoint_lib
 from cnn_jax import data as data_lib
 from cnn_jax import mesh as mesh_lib
 from cnn_jax import metrics as metrics_lib
 from cnn_jax import models
+from cnn_jax import optim
 from cnn_jax import preemption
 from cnn_jax import report as report_lib
 from cnn_jax import train as train_lib
@@ -33,15 +33,28 @@ def root_keys(seed: int) -> dict[str, jax.Array]:
   return {"init": jax.random.fold_in(root, 0), "data": jax.random.fold_in(root, 1)}
 
 
+# Fingerprint fields newer than some checkpoints, with the value those runs had.
+FINGERPRINT_DEFAULTS = {"lr_schedule": "constant", "warmup_epochs": 0,
+                        "schedule_epochs": None}
+
+
 def fingerprint(config, info) -> dict:
-  """What a checkpoint must agree on with the config that resumes it."""
+  """What a checkpoint must agree on with the config that resumes it.
+
+  The schedule is part of it: it shapes the optimizer state, and a decaying one is
+  laid out over the run's num_epochs.
+  """
   return {"model": config.model, "model_kwargs": json.loads(json.dumps(
               config.model_kwargs.to_dict())),  # Tuples as lists, as saved in JSON.
           "dataset": config.dataset, "image_shape": list(info.image_shape),
-          "num_classes": info.num_classes, "batch_size": config.batch_size}
+          "num_classes": info.num_classes, "batch_size": config.batch_size,
+          "lr_schedule": config.lr_schedule, "warmup_epochs": config.warmup_epochs,
+          "schedule_epochs": (None if config.lr_schedule == "constant"
+                              else config.num_epochs)}
 
 
 def check_fingerprint(saved: dict, current: dict, workdir: str) -> None:
+  saved = {**FINGERPRINT_DEFAULTS, **saved}
   diffs = [f"{k}: checkpoint has {saved.get(k)!r}, config has {current[k]!r}"
            for k in current if saved.get(k) != current[k]]
   if diffs:
@@ -78,7 +91,7 @@ class Experiment:
 
   @property
   def steps_per_epoch(self) -> int:
-    return self.data.info.num_train // self.config.batch_size
+    return steps_per_epoch(self.config, self.data.info)
 
   def evaluate(self, state) -> dict:
     """Test loss and accuracy of `state` over every test example."""
@@ -101,6 +114,19 @@ class Experiment:
             mesh_lib.put_replicated(mask, mesh))
 
 
+def steps_per_epoch(config, info) -> int:
+  """Full batches per epoch (the last partial batch is dropped)."""
+  return info.num_train // config.batch_size
+
+
+def schedule_args(config, info) -> dict:
+  """The config's learning-rate schedule (`optim.make_schedule` arguments), in steps."""
+  per_epoch = steps_per_epoch(config, info)
+  return {"name": config.lr_schedule, "learning_rate": config.learning_rate,
+          "total_steps": per_epoch * config.num_epochs,
+          "warmup_steps": round(config.warmup_epochs * per_epoch)}
+
+
 def input_fns(config, data: data_lib.Data):
   """(preprocess, augment) from config; normalisation statistics from the train split."""
   mean, std = data.channel_stats or (None, None)
@@ -120,7 +146,7 @@ def build_experiment(config) -> Experiment:
     raise ValueError(f"batch_size={config.batch_size} exceeds the {info.num_train} "
                      "training examples; lower --config.batch_size.")
   model = models.build_model(config.model, info.num_classes, **config.model_kwargs)
-  tx = optax.adam(config.learning_rate)
+  tx = optim.make_optimizer(**schedule_args(config, info))
   create = functools.partial(train_lib.create_train_state, model,
                              image_shape=info.image_shape, tx=tx)
   state = jax.jit(create, out_shardings=mesh_lib.replicated(mesh))(
@@ -265,7 +291,8 @@ def _train(exp: Experiment, state, epoch_sums, ckpts, reporter, workdir: str) ->
           "images_per_sec": (pos - first_pos) * config.batch_size / train_time,
           "eval_images_per_sec": info.num_test / eval_time,
           "data_wait_sec": batches.wait_sec,
-          "learning_rate": config.learning_rate,
+          "learning_rate": float(optim.make_schedule(
+              **schedule_args(config, info))(step)),
           "epoch_time_sec": train_time + eval_time,
       }
       # The record goes first: if the save below is cut short, the resumed run

@@ -40,6 +40,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 1000
   config.num_epochs = 5
   config.learning_rate = 1e-3
+  # Learning rate over the run (cnn_jax/optim.py:SCHEDULES): "constant" (the tutorial)
+  # or "cosine" (down to 0 at the last step), after warmup_epochs of linear warm-up.
+  config.lr_schedule = "constant"
+  config.warmup_epochs = 0
   config.seed = 0
   # Training steps run per dispatch to the device (lax.scan); also the progress bar's tick.
   config.steps_per_dispatch = 50

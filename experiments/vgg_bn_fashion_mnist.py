@@ -4,7 +4,10 @@ Two blocks of [Conv 3x3 -> BN -> ReLU] x2 -> max-pool -> Dropout (32, 64 channel
 Dense 256 -> BN -> ReLU -> Dropout -> Dense 10: 871,082 parameters, ~38 MFLOPs per
 image forward (~115 MFLOPs per training image). Random 2-pixel crops and left-right
 flips on training batches; inputs normalised with the training split's mean and std.
-Adam 1e-3, batch 128, 15 epochs; aims at >= 0.930 test accuracy.
+Adam 1e-3 on a cosine schedule down to 0, batch 128, 15 epochs; aims at >= 0.930 test
+accuracy (on an H100, three seeds gave 0.9343-0.9347; the constant rate 0.9333-0.9360
+at its last epoch, but it swings by ~0.005 between epochs; 10 cosine epochs fell short,
+0.9270-0.9305).
 TFDS downloads fashion_mnist where it can;
 offline, prepare it once from its IDX files (Debian: apt-get install
 dataset-fashion-mnist):
@@ -28,5 +31,6 @@ def get_config():
   config.batch_size = 128
   config.num_epochs = 15
   config.learning_rate = 1e-3
+  config.lr_schedule = "cosine"
   config.steps_per_dispatch = 39  # 468 steps per epoch = 12 dispatches of 39.
   return config

@@ -252,6 +252,7 @@ def _tree_digest(path):
     ("batch_size", 64, "batch_size: checkpoint has 32, config has 64"),
     ("model_kwargs", {"hidden": 128}, "model_kwargs"),
     ("dataset", "mnist_5k_other", None),
+    ("lr_schedule", "cosine", "lr_schedule: checkpoint has 'constant', config has 'cosine'"),
 ])
 def test_resuming_with_a_different_config_is_refused_untouched(one_epoch, tmp_path, field,
                                                                value, named):
