@@ -9,6 +9,9 @@ does. Each measurement runs in its own subprocess, so peak memory (ru_maxrss) is
 End to end: the whole 5-epoch tutorial job of each framework as a subprocess, from
 process start to final test accuracy, on Fashion-MNIST when it is prepared in the data
 dir, else on `synthetic_mnist` (same sizes, random).
+VGG-BN (`--vgg`, on by default): the same steady-state measurement for the VGG-BN model
+against the same network in Keras, and against our model built on XLA's native
+convolution (`nn.Conv`), whose gradients XLA:CPU runs far slower inside `lax.scan`.
 """
 
 import argparse
@@ -32,6 +35,9 @@ EVAL_BATCH = 1000
 E2E_EPOCHS = 5
 E2E_BATCH = 32
 RESULT_PREFIX = "BENCH_RESULT "
+# VGG-BN rows: batch 128 as experiments/vgg_bn_fashion_mnist.py. Fewer images for
+# the XLA-convolution model, which trains at a few percent of the speed of ours.
+VGG_BATCH, VGG_IMAGES, VGG_XLA_CONV_IMAGES = 128, 12_800, 2_560
 
 
 def random_data(num_images: int, seed: int = 0):
@@ -68,22 +74,29 @@ def peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def jax_worker(batch_size: int, num_images: int, windows: int) -> dict:
-  """Steady-state training and eval speed of our model, as the runner runs it."""
+def jax_worker(batch_size: int, num_images: int, windows: int, model: str = "seed_cnn",
+               conv: str = "fast") -> dict:
+  """Steady-state training and eval speed of our `model`, as the runner runs it.
+
+  conv="xla" builds vgg_bn on `nn.Conv` (XLA's native convolution) instead.
+  """
   from cnn_jax import xla_flags  # pylint: disable=g-import-not-at-top
   xla_flags.set_default_flags()
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from cnn_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from cnn_jax import models  # pylint: disable=g-import-not-at-top
   from cnn_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   from cnn_jax.data import in_memory, preprocess  # pylint: disable=g-import-not-at-top
 
+  name = model
   t_start = time.perf_counter()
   mesh = mesh_lib.make_mesh()
   split = in_memory.put_split(*random_data(num_images), mesh)
-  model = models.build_model("seed_cnn", NUM_CLASSES)
+  model = models.build_model(model, NUM_CLASSES,
+                              **({"conv": nn.Conv} if conv == "xla" else {}))
   state = jax.jit(functools.partial(
       train_lib.create_train_state, model, image_shape=IMAGE_SHAPE,
       tx=optax.adam(LEARNING_RATE)))(jax.random.key(0))
@@ -120,20 +133,39 @@ def jax_worker(batch_size: int, num_images: int, windows: int) -> dict:
       "eval_images_per_sec": num_eval / statistics.median(eval_times[1:]),
       "peak_rss_mb": peak_rss_mb(), "steps_per_dispatch": chunk,
       "xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__,
+      "model": name, "conv": conv,
   }
 
 
-def keras_model():
-  """The tutorial's Keras model, compiled as the tutorial does."""
+def _keras_vgg_layers(keras):
+  """models/vgg.py's VGGBN with its defaults, in Keras (871,082 trainable parameters)."""
+  layers = []
+  for width in (32, 64):
+    for _ in range(2):
+      layers += [keras.layers.Conv2D(width, (3, 3), padding="same", use_bias=False),
+                 keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5),
+                 keras.layers.ReLU()]
+    layers += [keras.layers.MaxPooling2D((2, 2)), keras.layers.Dropout(0.2)]
+  return layers + [
+      keras.layers.Flatten(), keras.layers.Dense(256, use_bias=False),
+      keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5), keras.layers.ReLU(),
+      keras.layers.Dropout(0.3), keras.layers.Dense(NUM_CLASSES)]
+
+
+def keras_model(model: str = "seed_cnn"):
+  """The tutorial's Keras model (or VGG-BN), compiled as the tutorial does."""
   import keras  # pylint: disable=g-import-not-at-top
-  model = keras.Sequential([
-      keras.Input(IMAGE_SHAPE),
-      keras.layers.Conv2D(32, (3, 3), activation="relu"),
-      keras.layers.MaxPooling2D((2, 2)),
-      keras.layers.Flatten(),
-      keras.layers.Dense(64, activation="relu"),
-      keras.layers.Dense(NUM_CLASSES),
-  ])
+  if model == "vgg_bn":
+    layers = _keras_vgg_layers(keras)
+  else:
+    layers = [
+        keras.layers.Conv2D(32, (3, 3), activation="relu"),
+        keras.layers.MaxPooling2D((2, 2)),
+        keras.layers.Flatten(),
+        keras.layers.Dense(64, activation="relu"),
+        keras.layers.Dense(NUM_CLASSES),
+    ]
+  model = keras.Sequential([keras.Input(IMAGE_SHAPE), *layers])
   model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE),
                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 metrics=["accuracy"])
@@ -149,12 +181,14 @@ def _import_keras():
   return tf, keras
 
 
-def keras_worker(batch_size: int, num_images: int, windows: int) -> dict:
+def keras_worker(batch_size: int, num_images: int, windows: int, model: str = "seed_cnn",
+                 conv: str = "fast") -> dict:
   """Steady-state training speed of the tutorial's Keras model (`model.fit`)."""
+  del conv  # Keras has one convolution.
   tf, keras = _import_keras()
   images, labels = random_data(num_images)
   x = images.astype("float32") / 255.0
-  model = keras_model()
+  name, model = model, keras_model(model)
 
   class StepTimes(keras.callbacks.Callback):
     def __init__(self):
@@ -173,7 +207,8 @@ def keras_worker(batch_size: int, num_images: int, windows: int) -> dict:
   return {
       "images_per_sec": statistics.median(rates), "window_images_per_sec": rates,
       "first_step_sec": recorder.times[0] - t0, "peak_rss_mb": peak_rss_mb(),
-      "tensorflow": tf.__version__, "keras": keras.__version__,
+      "tensorflow": tf.__version__, "keras": keras.__version__, "model": name,
+      "trainable_parameters": sum(int(w.numpy().size) for w in model.trainable_weights),
   }
 
 
@@ -258,8 +293,24 @@ def machine() -> dict:
           "load_average": os.getloadavg()}
 
 
+def vgg_row(windows: int) -> dict:
+  """VGG-BN at VGG_BATCH: ours, Keras, and ours on XLA's native convolution."""
+  def worker(name, images, windows, *extra):
+    return run_worker(["--worker", name, "--model", "vgg_bn", "--batch-size",
+                       str(VGG_BATCH), "--images", str(images), "--windows",
+                       str(windows), *extra])
+  row = {"model": "vgg_bn", "batch_size": VGG_BATCH,
+         "ours": worker("jax", VGG_IMAGES, windows),
+         "keras": worker("keras", VGG_IMAGES, windows),
+         "xla_conv": worker("jax", VGG_XLA_CONV_IMAGES, 1, "--conv", "xla")}
+  row["ratio"] = row["ours"]["images_per_sec"] / row["keras"]["images_per_sec"]
+  row["ratio_vs_xla_conv"] = (row["ours"]["images_per_sec"]
+                              / row["xla_conv"]["images_per_sec"])
+  return row
+
+
 def benchmark(batch_sizes, num_images: int, windows: int, e2e: bool,
-              data_dir: str | None = None) -> dict:
+              data_dir: str | None = None, vgg: bool = False) -> dict:
   """All measurements; see the module docstring."""
   results = {"machine": machine(), "num_images": num_images, "windows": windows,
              "steady_state": []}
@@ -271,6 +322,8 @@ def benchmark(batch_sizes, num_images: int, windows: int, e2e: bool,
                               "--images", str(num_images), "--windows", str(windows)])
     row["ratio"] = row["ours"]["images_per_sec"] / row["keras"]["images_per_sec"]
     results["steady_state"].append(row)
+  if vgg:
+    results["vgg_bn"] = vgg_row(windows)
   if e2e:
     results["end_to_end"] = run_e2e(data_dir, E2E_EPOCHS)
   results["machine"]["load_average_after"] = os.getloadavg()
@@ -291,6 +344,15 @@ def table(results: dict) -> str:
         f"{k['images_per_sec']:>12,.0f} {row['ratio']:>6.2f} {o['first_step_sec']:>10.2f} "
         f"{k['first_step_sec']:>11.2f} {o['peak_rss_mb']:>8.0f} {k['peak_rss_mb']:>9.0f} "
         f"{o['eval_images_per_sec']:>15,.0f}")
+  vgg = results.get("vgg_bn")
+  if vgg:
+    o, k, x = vgg["ours"], vgg["keras"], vgg["xla_conv"]
+    lines.append(
+        f"vgg_bn, batch {vgg['batch_size']}: ours {o['images_per_sec']:,.0f} img/s, "
+        f"keras {k['images_per_sec']:,.0f} img/s (ours/keras {vgg['ratio']:.2f}), "
+        f"ours on XLA's convolution {x['images_per_sec']:,.1f} img/s "
+        f"(ours {vgg['ratio_vs_xla_conv']:.1f}x faster); peak MB ours "
+        f"{o['peak_rss_mb']:.0f}, keras {k['peak_rss_mb']:.0f}")
   e2e = results.get("end_to_end")
   if e2e:
     lines.append(
@@ -314,11 +376,17 @@ def parse_args(argv):
   parser.add_argument("--windows", type=int, default=None,
                       help="Timed windows per measurement (default 5).")
   parser.add_argument("--no-e2e", action="store_true", help="Skip the end-to-end runs.")
+  parser.add_argument("--no-vgg", action="store_true",
+                      help="Skip the VGG-BN rows (also skipped by --quick).")
   parser.add_argument("--data-dir", default=None, help="TFDS data dir (end-to-end).")
   # Internal: one measurement in this process.
   parser.add_argument("--worker", choices=[*WORKERS, "keras_e2e"], help=argparse.SUPPRESS)
   parser.add_argument("--batch-size", type=int, default=32, help=argparse.SUPPRESS)
   parser.add_argument("--dataset", default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--model", default="seed_cnn", choices=["seed_cnn", "vgg_bn"],
+                      help=argparse.SUPPRESS)
+  parser.add_argument("--conv", default="fast", choices=["fast", "xla"],
+                      help=argparse.SUPPRESS)
   parser.add_argument("--epochs", type=int, default=E2E_EPOCHS, help=argparse.SUPPRESS)
   return parser.parse_args(argv)
 
@@ -330,13 +398,15 @@ def main(argv=None) -> int:
   if args.worker == "keras_e2e":
     result = keras_e2e_worker(args.dataset, args.data_dir, args.epochs)
   elif args.worker:
-    result = WORKERS[args.worker](args.batch_size, num_images, windows)
+    result = WORKERS[args.worker](args.batch_size, num_images, windows,
+                                  model=args.model, conv=args.conv)
   if args.worker:
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     return 0
   batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
   results = benchmark(batch_sizes, num_images, windows,
-                      e2e=not (args.quick or args.no_e2e), data_dir=args.data_dir)
+                      e2e=not (args.quick or args.no_e2e), data_dir=args.data_dir,
+                      vgg=not (args.quick or args.no_vgg))
   print(table(results))
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:

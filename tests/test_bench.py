@@ -37,3 +37,15 @@ def test_quick_bench_writes_positive_numbers(tmp_path):
       assert row[name][field] > 0, (name, field)
   assert row["ours"]["eval_images_per_sec"] > 0
   assert "end_to_end" not in results
+
+
+@pytest.mark.slow
+def test_vgg_workers_train_the_same_network_in_both_frameworks():
+  args = ["--model", "vgg_bn", "--batch-size", "128", "--images", "768", "--windows", "1"]
+  ours = bench.run_worker(["--worker", "jax", *args])
+  keras = bench.run_worker(["--worker", "keras", *args])
+  assert ours["model"] == keras["model"] == "vgg_bn"
+  assert ours["conv"] == "fast"
+  # models/vgg.py's VGGBN has 871,082 parameters; the Keras copy must too.
+  assert keras["trainable_parameters"] == 871_082
+  assert ours["images_per_sec"] > 0 and keras["images_per_sec"] > 0

@@ -53,7 +53,8 @@ def _conv_loss(module):
 
 @pytest.mark.parametrize("shape,padding", [
     ((1, 28, 28, 1), "VALID"), ((3, 27, 27, 3), "SAME"), ((3, 5, 7, 1), "VALID"),
-    ((1, 5, 7, 3), "VALID")])
+    ((1, 5, 7, 3), "VALID"),
+    ((2, 9, 10, 8), "SAME")])  # 3 * 3 * 8 > MAX_IM2COL_FEATURES: one matmul per tap.
 def test_conv_matches_flax_conv(shape, padding):
   x = jax.random.normal(jax.random.key(0), shape)
   fast, ref = (cls(8, (3, 3), padding=padding) for cls in (layers.Conv, nn.Conv))

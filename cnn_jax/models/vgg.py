@@ -1,6 +1,6 @@
 """A small VGG-style network with BatchNorm and Dropout, sized for 28x28 images."""
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -16,6 +16,10 @@ class VGGBN(nn.Module):
   Convolutions and the hidden Dense have no bias: the BatchNorm after them has one.
   For 28x28x1 inputs, 10 classes and the defaults it has 871,082 parameters (plus 896
   BatchNorm statistics) and costs about 19.1M multiply-adds per image forward.
+
+  `conv` is the convolution module: `layers.Conv` (XLA's op, and on CPU a formulation
+  that stays fast inside `lax.scan`) or `nn.Conv` (XLA's op everywhere); both have the
+  same parameters.
   """
 
   num_classes: int
@@ -25,13 +29,14 @@ class VGGBN(nn.Module):
   dropout_rate: float = 0.2
   head_dropout_rate: float = 0.3
   bn_momentum: float = 0.9
+  conv: Any = layers.Conv
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)
     for width in self.widths:
       for _ in range(self.convs_per_block):
-        x = layers.Conv(width, (3, 3), padding="SAME", use_bias=False)(x)
+        x = self.conv(width, (3, 3), padding="SAME", use_bias=False)(x)
         x = nn.relu(norm()(x))
       x = layers.max_pool_2x2(x)
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
