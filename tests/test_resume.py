@@ -176,10 +176,11 @@ def one_epoch(data_dir, tmp_path_factory):
 
 
 def _copy(one_epoch, tmp_path):
+  """A copy of the finished run's workdir, and a copy of its config to edit."""
   config, workdir, record = one_epoch
   copy = str(tmp_path / "run")
   shutil.copytree(workdir, copy)
-  return config, copy, record
+  return config.copy_and_resolve_references(), copy, record
 
 
 def _largest_file(path):
