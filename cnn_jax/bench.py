@@ -91,14 +91,13 @@ def jax_worker(batch_size: int, num_images: int, windows: int, model: str = "see
   from cnn_jax import train as train_lib  # pylint: disable=g-import-not-at-top
   from cnn_jax.data import in_memory, preprocess  # pylint: disable=g-import-not-at-top
 
-  name = model
   t_start = time.perf_counter()
   mesh = mesh_lib.make_mesh()
   split = in_memory.put_split(*random_data(num_images), mesh)
-  model = models.build_model(model, NUM_CLASSES,
-                              **({"conv": nn.Conv} if conv == "xla" else {}))
+  net = models.build_model(model, NUM_CLASSES,
+                            **({"conv": nn.Conv} if conv == "xla" else {}))
   state = jax.jit(functools.partial(
-      train_lib.create_train_state, model, image_shape=IMAGE_SHAPE,
+      train_lib.create_train_state, net, image_shape=IMAGE_SHAPE,
       tx=optax.adam(LEARNING_RATE)))(jax.random.key(0))
   sharding = mesh_lib.batch_sharding(mesh)
   train_chunk = jax.jit(functools.partial(
@@ -133,7 +132,7 @@ def jax_worker(batch_size: int, num_images: int, windows: int, model: str = "see
       "eval_images_per_sec": num_eval / statistics.median(eval_times[1:]),
       "peak_rss_mb": peak_rss_mb(), "steps_per_dispatch": chunk,
       "xla_flags": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__,
-      "model": name, "conv": conv,
+      "model": model, "conv": conv,
   }
 
 
@@ -188,7 +187,7 @@ def keras_worker(batch_size: int, num_images: int, windows: int, model: str = "s
   tf, keras = _import_keras()
   images, labels = random_data(num_images)
   x = images.astype("float32") / 255.0
-  name, model = model, keras_model(model)
+  net = keras_model(model)
 
   class StepTimes(keras.callbacks.Callback):
     def __init__(self):
@@ -200,15 +199,15 @@ def keras_worker(batch_size: int, num_images: int, windows: int, model: str = "s
 
   recorder = StepTimes()
   t0 = time.perf_counter()
-  model.fit(x, labels, batch_size=batch_size, epochs=1, verbose=0, callbacks=[recorder])
+  net.fit(x, labels, batch_size=batch_size, epochs=1, verbose=0, callbacks=[recorder])
   steps = len(recorder.times)
   warmup = max(1, steps // 20)
   rates = window_rates(recorder.times, batch_size, warmup, windows)
   return {
       "images_per_sec": statistics.median(rates), "window_images_per_sec": rates,
       "first_step_sec": recorder.times[0] - t0, "peak_rss_mb": peak_rss_mb(),
-      "tensorflow": tf.__version__, "keras": keras.__version__, "model": name,
-      "trainable_parameters": sum(int(w.numpy().size) for w in model.trainable_weights),
+      "tensorflow": tf.__version__, "keras": keras.__version__, "model": model,
+      "trainable_parameters": sum(int(w.numpy().size) for w in net.trainable_weights),
   }
 
 

@@ -88,6 +88,7 @@ class Experiment:
   train_chunk: callable
   evaluate_fn: callable
   fingerprint: dict
+  schedule: callable  # Optimizer step -> learning rate.
 
   @property
   def steps_per_epoch(self) -> int:
@@ -146,7 +147,8 @@ def build_experiment(config) -> Experiment:
     raise ValueError(f"batch_size={config.batch_size} exceeds the {info.num_train} "
                      "training examples; lower --config.batch_size.")
   model = models.build_model(config.model, info.num_classes, **config.model_kwargs)
-  tx = optim.make_optimizer(**schedule_args(config, info))
+  schedule = schedule_args(config, info)
+  tx = optim.make_optimizer(**schedule)
   create = functools.partial(train_lib.create_train_state, model,
                              image_shape=info.image_shape, tx=tx)
   state = jax.jit(create, out_shardings=mesh_lib.replicated(mesh))(
@@ -161,7 +163,7 @@ def build_experiment(config) -> Experiment:
   evaluate_fn = jax.jit(functools.partial(
       evaluate, preprocess=preprocess, batch_sharding=batch_sharding))
   return Experiment(config, mesh, data, state, train_chunk, evaluate_fn,
-                    fingerprint(config, info))
+                    fingerprint(config, info), optim.make_schedule(**schedule))
 
 
 def open_checkpoints(config, workdir: str) -> checkpoint_lib.Checkpoints:
@@ -291,8 +293,7 @@ def _train(exp: Experiment, state, epoch_sums, ckpts, reporter, workdir: str) ->
           "images_per_sec": (pos - first_pos) * config.batch_size / train_time,
           "eval_images_per_sec": info.num_test / eval_time,
           "data_wait_sec": batches.wait_sec,
-          "learning_rate": float(optim.make_schedule(
-              **schedule_args(config, info))(step)),
+          "learning_rate": float(exp.schedule(step)),
           "epoch_time_sec": train_time + eval_time,
       }
       # The record goes first: if the save below is cut short, the resumed run
