@@ -1,7 +1,14 @@
-"""`./run.sh prepare NAME [--from DIR] [--data_dir D]`: prepare a dataset offline."""
+"""`./run.sh prepare NAME [--from DIR] [--data_dir D]`: prepare a dataset offline.
 
-from cnn_jax.data import source
+The dataset ends up readable without TensorFlow: in ArrayRecord (a TFRecord-only one is
+converted), with the decoded cache of each split that fits written beside it.
+"""
+
+from cnn_jax.data import cache, source
 from cnn_jax.data.source import DatasetError
+
+# As experiments/seed_cnn.py's in_memory_max_bytes: splits up to this size are cached.
+CACHE_MAX_BYTES = 2 * 1024**3
 
 
 def prepare_command(name: str, from_dir: str | None, data_dir: str | None = None):
@@ -25,12 +32,22 @@ def prepare_command(name: str, from_dir: str | None, data_dir: str | None = None
           f"./run.sh prepare {name} --from DIR (for fashion_mnist, "
           "/usr/share/datasets/fashion-mnist after 'apt-get install "
           "dataset-fashion-mnist').")
-    return idx.prepare(name, from_dir, data_dir)
+    idx.prepare(name, from_dir, data_dir)
+    return make_readable(name, data_dir)
   if name in OFFLINE_BUILDERS:
     if from_dir is not None:
       raise DatasetError(f"{name} ships with this package; drop --from {from_dir}.")
-    return source.get_builder(name, data_dir)
+    return make_readable(name, data_dir)
   raise DatasetError(
       f"Cannot prepare {name!r} offline. Known: "
       f"{', '.join(sorted(set(idx.LOCAL_BUILDERS) | set(OFFLINE_BUILDERS)))}; "
       "for a folder of images use --config.dataset=folder:/path instead.")
+
+
+def make_readable(name: str, data_dir: str | None):
+  """The prepared dataset `name`, in ArrayRecord (converted where needed), each split
+  that fits cached decoded: what training reads, without TensorFlow."""
+  builder = source.prepared_builder(name, data_dir)
+  for split in builder.info.splits:
+    cache.open_base_split(builder, split, CACHE_MAX_BYTES)
+  return builder

@@ -20,9 +20,7 @@ from cnn_jax import preemption
 from cnn_jax import report as report_lib
 from cnn_jax import train as train_lib
 from cnn_jax.data import augment as augment_lib
-from cnn_jax.data import in_memory
 from cnn_jax.data import preprocess as preprocess_lib
-from cnn_jax.data import streaming
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -83,52 +81,40 @@ class Experiment:
   """Everything a run needs, built from a config: data, state, compiled steps."""
   config: ml_collections.ConfigDict
   mesh: jax.sharding.Mesh
-  data: data_lib.Data | streaming.StreamingData
+  data: data_lib.Dataset
   state: train_lib.TrainState
   train_chunk: callable
   evaluate_fn: callable
   fingerprint: dict
   schedule: callable  # Optimizer step -> learning rate.
+  load_sec: float  # Time to open the dataset and load it onto the devices.
 
   @property
-  def steps_per_epoch(self) -> int:
-    return steps_per_epoch(self.config, self.data.info)
+  def eval_splits(self) -> list[str]:
+    """The named splits evaluated after each epoch: all but train (validation first)."""
+    return sorted((s for s in self.data.info.splits if s != "train"),
+                  key=lambda s: s != "validation")
 
-  def evaluate(self, state) -> dict:
-    """Test loss and accuracy of `state` over every test example."""
-    if isinstance(self.data, streaming.StreamingData):
-      sums = functools.reduce(train_lib.add_metrics, (
-          self.evaluate_fn(state, *batch) for batch in self.data.eval_batches()))
-      return metrics_lib.summarize(sums, "test")
-    sums = self.evaluate_fn(state, self.data.test.images, self.data.test.labels,
-                            *self._eval_rows_and_mask)
-    return metrics_lib.summarize(sums, "test")
+  def evaluate(self, state, split: str = "test") -> dict:
+    """Loss and accuracy of `state` over every example of `split` (keys prefixed)."""
+    sums = functools.reduce(train_lib.add_metrics, (
+        self.evaluate_fn(state, chunk.arrays, chunk.index, chunk.mask)
+        for chunk in self.data.eval_chunks(split)))
+    return metrics_lib.summarize(sums, split)
 
-  @functools.cached_property
-  def _eval_rows_and_mask(self):
-    """Padded, masked eval batches of test rows, put on the devices once per run."""
-    info, mesh = self.data.info, self.mesh
-    batch = min(self.config.eval_batch_size,
-                -(-info.num_test // mesh.devices.size) * mesh.devices.size)
-    idx, mask = in_memory.eval_order(info.num_test, batch)
-    return (mesh_lib.put_replicated(self.data.test.rows[idx], mesh),
-            mesh_lib.put_replicated(mask, mesh))
+  def evaluate_all(self, state) -> dict:
+    return {k: v for split in self.eval_splits for k, v in
+            self.evaluate(state, split).items()}
 
 
-def steps_per_epoch(config, info) -> int:
-  """Full batches per epoch (the last partial batch is dropped)."""
-  return info.num_train // config.batch_size
-
-
-def schedule_args(config, info) -> dict:
+def schedule_args(config, per_epoch: int) -> dict:
   """The config's learning-rate schedule (`optim.make_schedule` arguments), in steps."""
-  per_epoch = steps_per_epoch(config, info)
   return {"name": config.lr_schedule, "learning_rate": config.learning_rate,
           "total_steps": per_epoch * config.num_epochs,
           "warmup_steps": round(config.warmup_epochs * per_epoch)}
 
 
-def input_fns(config, data: data_lib.Data):
+def input_fns(config, data: data_lib.Dataset):
   """(preprocess, augment) from config; normalisation statistics from the train split."""
   mean, std = data.channel_stats or (None, None)
   return (preprocess_lib.make_preprocess(mean, std),
@@ -140,14 +126,12 @@ def build_experiment(config) -> Experiment:
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(config.batch_size, mesh)
   mesh_lib.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-  data = data_lib.load(config, mesh)
-  streamed = isinstance(data, streaming.StreamingData)
+  t0 = time.perf_counter()
+  data = data_lib.load(config, mesh, root_keys(config.seed)["data"])
+  load_sec = time.perf_counter() - t0
   info = data.info
-  if info.num_train < config.batch_size:
-    raise ValueError(f"batch_size={config.batch_size} exceeds the {info.num_train} "
-                     "training examples; lower --config.batch_size.")
   model = models.build_model(config.model, info.num_classes, **config.model_kwargs)
-  schedule = schedule_args(config, info)
+  schedule = schedule_args(config, data.steps_per_epoch)
   tx = optim.make_optimizer(**schedule)
   create = functools.partial(train_lib.create_train_state, model,
                              image_shape=info.image_shape, tx=tx)
@@ -155,15 +139,13 @@ def build_experiment(config) -> Experiment:
       root_keys(config.seed)["init"])
   preprocess, augment = input_fns(config, data)
   batch_sharding = mesh_lib.batch_sharding(mesh)
-  train_steps, evaluate = ((train_lib.train_steps_on_batches, train_lib.evaluate_batches)
-                           if streamed else (train_lib.train_steps, train_lib.evaluate))
   train_chunk = jax.jit(
-      functools.partial(train_steps, preprocess=preprocess, augment=augment,
+      functools.partial(train_lib.train_steps, preprocess=preprocess, augment=augment,
                         batch_sharding=batch_sharding), donate_argnums=0)
   evaluate_fn = jax.jit(functools.partial(
-      evaluate, preprocess=preprocess, batch_sharding=batch_sharding))
+      train_lib.evaluate, preprocess=preprocess, batch_sharding=batch_sharding))
   return Experiment(config, mesh, data, state, train_chunk, evaluate_fn,
-                    fingerprint(config, info), optim.make_schedule(**schedule))
+                    fingerprint(config, info), optim.make_schedule(**schedule), load_sec)
 
 
 def open_checkpoints(config, workdir: str) -> checkpoint_lib.Checkpoints:
@@ -227,32 +209,20 @@ def _restore_or_init(exp: Experiment, ckpts, workdir: str, reporter):
   return restored, sums
 
 
-def epoch_reader(exp: Experiment):
-  """`(epoch, step) -> the epoch's batches from that step on`, a pure function of
-  (seed, epoch) for either pipeline."""
-  if isinstance(exp.data, streaming.StreamingData):
-    return exp.data.train_epoch
-  epoch_order = jax.jit(in_memory.epoch_order, static_argnums=3)
-  train_rows = mesh_lib.put_replicated(exp.data.train.rows, exp.mesh)
-  data_key = root_keys(exp.config.seed)["data"]
-  # The order goes to the host: slicing a device array at each new offset compiles.
-  return lambda epoch, _: in_memory.InMemoryEpoch(exp.data.train, metrics_lib.host_value(
-      epoch_order(data_key, epoch, train_rows, exp.config.batch_size)))
-
-
 def _train(exp: Experiment, state, epoch_sums, ckpts, reporter, workdir: str) -> dict:
   config, info = exp.config, exp.data.info
-  epoch_batches = epoch_reader(exp)
-  steps_per_epoch = exp.steps_per_epoch
+  steps_per_epoch = exp.data.steps_per_epoch
   total_steps = steps_per_epoch * config.num_epochs
   chunk, every = max(1, config.steps_per_dispatch), config.checkpoint_every_steps
   step = int(metrics_lib.host_value(state.step))
   record = None
+  splits = " / ".join(f"{n} {s}" for s, n in info.splits.items())
   reporter.info(
-      f"{config.model} on {info.name}: {info.num_train} train / {info.num_test} test, "
+      f"{config.model} on {info.name}: {splits}, "
       f"image {info.image_shape}, {info.num_classes} classes, {exp.mesh.devices.size} "
       f"device(s) ({jax.devices()[0].platform}); {steps_per_epoch} steps/epoch, "
-      f"starting at step {step} of {total_steps}")
+      f"starting at step {step} of {total_steps}; data loaded in {exp.load_sec:.2f} s "
+      f"({exp.data.pipeline})")
 
   def save(metrics=None):
     epoch, pos = divmod(step, steps_per_epoch)
@@ -263,12 +233,13 @@ def _train(exp: Experiment, state, epoch_sums, ckpts, reporter, workdir: str) ->
   with preemption.stop_on_signals() as stop:
     while step < total_steps:
       epoch, pos = divmod(step, steps_per_epoch)
-      batches = epoch_batches(epoch, pos)
+      batches = exp.data.train_epoch(epoch, pos)
       first_pos, t0 = pos, time.perf_counter()
       with reporter.progress(steps_per_epoch, pos, epoch + 1) as bar:
         while pos < steps_per_epoch:
           end = chunk_end(step, pos, steps_per_epoch, chunk, every)
-          state, sums = exp.train_chunk(state, *batches.take(pos, end))
+          inputs = batches.take(pos, end)
+          state, sums = exp.train_chunk(state, inputs.arrays, inputs.index)
           epoch_sums = train_lib.add_metrics(epoch_sums, sums)
           if np.isnan(metrics_lib.host_value(sums["loss"])):
             raise FloatingPointError(
@@ -285,13 +256,13 @@ def _train(exp: Experiment, state, epoch_sums, ckpts, reporter, workdir: str) ->
               raise preemption.Preempted(step, stop.signum)
       train_time = time.perf_counter() - t0
       t1 = time.perf_counter()
-      test = exp.evaluate(state)
+      evals = exp.evaluate_all(state)
       eval_time = time.perf_counter() - t1
       record = {
           "epoch": epoch + 1, "step": step,
-          **metrics_lib.summarize(epoch_sums, "train"), **test,
+          **metrics_lib.summarize(epoch_sums, "train"), **evals,
           "images_per_sec": (pos - first_pos) * config.batch_size / train_time,
-          "eval_images_per_sec": info.num_test / eval_time,
+          "eval_images_per_sec": sum(info.splits[s] for s in exp.eval_splits) / eval_time,
           "data_wait_sec": batches.wait_sec,
           "learning_rate": float(exp.schedule(step)),
           "epoch_time_sec": train_time + eval_time,
@@ -300,14 +271,15 @@ def _train(exp: Experiment, state, epoch_sums, ckpts, reporter, workdir: str) ->
       # drops it (it is past the checkpoint) and redoes the epoch.
       reporter.epoch(record)
       epoch_sums = train_lib.zero_metrics()
-      save(metrics={k: record[k] for k in ("test_accuracy", "test_loss")})
+      save(metrics=evals)
       if preemption.agreed(stop):
         ckpts.wait()
         raise preemption.Preempted(step, stop.signum)
 
   if record is None:  # Nothing left to train: report the restored state.
     previous = report_lib.read_metrics(workdir)
-    record = {**(previous[-1] if previous else {}), **exp.evaluate(state), "step": step}
+    record = {**(previous[-1] if previous else {}), **exp.evaluate_all(state),
+              "step": step}
     reporter.info("training already complete; evaluated the latest checkpoint")
   return record
 
@@ -346,7 +318,7 @@ def evaluate_checkpoint(workdir: str, step: str = "latest") -> dict:
       state, _ = ckpts.restore(chosen, exp.state)
   finally:
     ckpts.close()
-  record = {"step": chosen, **exp.evaluate(state)}
+  record = {"step": chosen, **exp.evaluate_all(state)}
   if jax.process_index() == 0:
     print(f"checkpoint step {chosen}: test accuracy {record['test_accuracy']:.4f}, "
           f"test loss {record['test_loss']:.4f}", flush=True)

@@ -1,9 +1,9 @@
 """TrainState, train_step and eval_step: pure functions, no I/O.
 
-`train_steps` and `evaluate` run many steps in one dispatch (`lax.scan` over batches
-gathered from a device-resident split), so no host round trip happens between steps;
-`train_steps_on_batches` and `evaluate_batches` do the same over batches streamed in.
-Training batches may be augmented (`augment(key, images)`); evaluation never is.
+`train_steps` and `evaluate` run many steps in one dispatch (a `lax.scan` over batches
+gathered on the devices from a set of arrays: a whole device-resident split or a
+streamed chunk alike), so no host round trip happens between steps. Training batches
+may be augmented (`augment(key, images)`); evaluation never is.
 """
 
 from typing import Any, Callable
@@ -98,79 +98,55 @@ def add_metrics(a: Metrics, b: Metrics) -> Metrics:
   return jax.tree.map(jnp.add, a, b)
 
 
-def _train_body(preprocess: Callable, augment: Callable | None, batch_sharding):
-  """The scan body of one training step on a {'image': uint8, 'label'} batch."""
-  def body(carry, batch):
+def _gather(arrays: Batch, rows: jax.Array, batch_sharding) -> Batch:
+  """The batch of `rows` of `arrays`, sharded over the mesh."""
+  batch = {k: v[rows] for k, v in arrays.items()}
+  if batch_sharding is not None:
+    batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+  return batch
+
+
+def train_steps(state: TrainState, arrays: Batch, index: jax.Array, *,
+                preprocess: Callable, augment: Callable | None = None,
+                batch_sharding=None) -> tuple[TrainState, Metrics]:
+  """Runs `train_step` on the batch of each row of `index` in one `lax.scan`.
+
+  Args:
+    state: the train state (donate it).
+    arrays: {"image": uint8 [R, H, W, C], "label": int32 [R]} on the devices: a whole
+      device-resident split, or a streamed chunk (`cnn_jax.data.Chunk.arrays`).
+    index: int32 [steps, batch]: the rows of `arrays` forming each step's batch,
+      gathered on the devices and sharded over the mesh.
+    preprocess: `preprocess(uint8 images) -> float images`.
+    augment: `augment(key, images) -> images`, applied to the raw pixels with the
+      step's AUGMENT_STREAM key before `preprocess`; None for none.
+    batch_sharding: the sharding of a batch (None: leave it to XLA).
+  """
+  def body(carry, rows):
     state, sums = carry
-    if batch_sharding is not None:
-      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+    batch = _gather(arrays, rows, batch_sharding)
     image = batch["image"]
     if augment is not None:
       image = augment(step_key(state, AUGMENT_STREAM), image)
-    batch = {"image": preprocess(image), "label": batch["label"]}
-    state, metrics = train_step(state, batch)
+    state, metrics = train_step(state, {"image": preprocess(image), "label": batch["label"]})
     return (state, add_metrics(sums, metrics)), None
-  return body
+
+  (state, sums), _ = jax.lax.scan(body, (state, zero_metrics()), index)
+  return state, sums
 
 
-def train_steps(state: TrainState, images: jax.Array, labels: jax.Array,
-                order: jax.Array, *, preprocess: Callable, augment: Callable | None = None,
-                batch_sharding=None) -> tuple[TrainState, Metrics]:
-  """Runs `train_step` on each row of `order` ([steps, batch] example indices).
+def evaluate(state: TrainState, arrays: Batch, index: jax.Array, mask: jax.Array, *,
+             preprocess: Callable, batch_sharding=None) -> Metrics:
+  """Metric sums of `eval_step` over the batches of `index` whose `mask` is True.
 
-  `images`/`labels` are a device-resident split; batches are gathered on device and
-  sharded over the mesh, augmented by `augment(key, images) -> images` if given (on
-  the raw pixels, with the step's AUGMENT_STREAM key), then preprocessed by
-  `preprocess(images) -> float images`.
+  `arrays` and `index` as in `train_steps`; `mask` bool [steps, batch]. Images go
+  through `preprocess` only: evaluation is never augmented.
   """
-  body = _train_body(preprocess, augment, batch_sharding)
-  gather = lambda carry, indices: body(
-      carry, {"image": images[indices], "label": labels[indices]})
-  (state, sums), _ = jax.lax.scan(gather, (state, zero_metrics()), order)
-  return state, sums
-
-
-def train_steps_on_batches(state: TrainState, images: jax.Array, labels: jax.Array, *,
-                           preprocess: Callable, augment: Callable | None = None,
-                           batch_sharding=None) -> tuple[TrainState, Metrics]:
-  """Like `train_steps`, on batches given in full: images [steps, batch, H, W, C], labels
-  [steps, batch] (e.g. streamed from the host, sharded P(None, 'data'))."""
-  body = _train_body(preprocess, augment, batch_sharding)
-  (state, sums), _ = jax.lax.scan(body, (state, zero_metrics()),
-                                  {"image": images, "label": labels})
-  return state, sums
-
-
-def _eval_body(state: TrainState, preprocess: Callable, batch_sharding):
-  """The scan body of `eval_step` on a {'image': uint8, 'label', 'mask'} batch."""
-  def body(sums, batch):
-    batch = {**batch, "image": preprocess(batch["image"])}
-    if batch_sharding is not None:
-      batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+  def body(sums, xs):
+    rows, valid = xs
+    batch = _gather(arrays, rows, batch_sharding)
+    batch = {"image": preprocess(batch["image"]), "label": batch["label"], "mask": valid}
     return add_metrics(sums, eval_step(state, batch)), None
-  return body
 
-
-def evaluate(state: TrainState, images: jax.Array, labels: jax.Array,
-             order: jax.Array, mask: jax.Array, *, preprocess: Callable,
-             batch_sharding=None) -> Metrics:
-  """Metric sums of `eval_step` over the batches `order` with padding `mask`.
-
-  Images go through `preprocess` only: evaluation is never augmented.
-  """
-  body = _eval_body(state, preprocess, batch_sharding)
-  gather = lambda sums, xs: body(
-      sums, {"image": images[xs[0]], "label": labels[xs[0]], "mask": xs[1]})
-  sums, _ = jax.lax.scan(gather, zero_metrics(), (order, mask))
-  return sums
-
-
-def evaluate_batches(state: TrainState, images: jax.Array, labels: jax.Array,
-                     mask: jax.Array, *, preprocess: Callable,
-                     batch_sharding=None) -> Metrics:
-  """Like `evaluate`, on batches given in full: images [batches, batch, H, W, C],
-  labels and mask [batches, batch]."""
-  body = _eval_body(state, preprocess, batch_sharding)
-  sums, _ = jax.lax.scan(body, zero_metrics(),
-                         {"image": images, "label": labels, "mask": mask})
+  sums, _ = jax.lax.scan(body, zero_metrics(), (index, mask))
   return sums

@@ -15,14 +15,23 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset = "mnist_5k"
   # None: TFDS's default ($TFDS_DATA_DIR or ~/tensorflow_datasets).
   config.data_dir = ml_collections.FieldReference(None, field_type=str)
+  # Split specs as tfds.load reads them ("train", "train[:90%]", "train+test", ...).
   config.train_split = "train"
   config.test_split = "test"
-  # "in_memory" (whole splits on the devices), "streaming" (tf.data from TFDS, batch by
-  # batch) or "auto": in memory when the decoded train split is at most
-  # in_memory_max_bytes. shuffle_buffer: examples in the streaming shuffle buffer.
+  # A validation split: a spec of the dataset's own (e.g. "validation"), or a share of
+  # train_split held out, stratified by class, the same in every run (e.g. 0.1). At
+  # most one of the two; "" and 0 for none (the tutorial trains on all of train).
+  config.validation_split = ""
+  config.validation_fraction = 0.0
+  # "in_memory" (whole splits on the devices), "streaming" (Grain, chunk by chunk) or
+  # "auto": in memory when the decoded train split is at most in_memory_max_bytes.
+  # Splits of at most in_memory_max_bytes are also kept decoded on disk beside the
+  # prepared dataset (cnn_jax/data/cache.py).
   config.input_pipeline = "auto"
   config.in_memory_max_bytes = 2 * 1024**3
-  config.shuffle_buffer = 10_000
+  # Streaming only: Grain worker processes that read and decode batches (0: threads of
+  # the training process, enough for cached data).
+  config.data_workers = 0
   # Only for config.dataset = "folder:/path" (class subfolders of images): every image
   # is converted to this (height, width, channels); a single tree of class folders is
   # split with this share of each class as test; unreadable files: "skip" or "error".

@@ -11,7 +11,7 @@ import pytest
 from cnn_jax import mesh as mesh_lib
 from cnn_jax import train
 from cnn_jax.data import augment as augment_lib
-from cnn_jax.data import in_memory, preprocess
+from cnn_jax.data import batching, in_memory, preprocess
 
 
 def uint8_batch(n=16, shape=(28, 28, 1), seed=0):
@@ -134,14 +134,14 @@ def split_and_state(n=64, shape=(12, 12, 1)):
 
 def test_train_steps_augment_each_step_with_its_own_key(split_and_state):
   split, state, mesh = split_and_state
-  order = in_memory.epoch_order(jax.random.key(1), 0, jnp.arange(64), 16)[:2]
+  order = split.rows[batching.epoch_order(jax.random.key(1), 0, 64, 16)[:2]]
   aug = augment_lib.make_augment(crop_padding=2, flip=True)
   plain_steps, augmented_steps = (jax.jit(functools.partial(
       train.train_steps, preprocess=preprocess.scale_to_unit, augment=augment,
       batch_sharding=mesh_lib.batch_sharding(mesh))) for augment in (None, aug))
-  plain, _ = plain_steps(state, split.images, split.labels, order)
-  augmented, sums = augmented_steps(state, split.images, split.labels, order)
-  again, _ = augmented_steps(state, split.images, split.labels, order)
+  plain, _ = plain_steps(state, split.arrays, order)
+  augmented, sums = augmented_steps(state, split.arrays, order)
+  again, _ = augmented_steps(state, split.arrays, order)
   kernel = lambda s: np.asarray(s.params["Dense_0"]["kernel"])
   assert not np.array_equal(kernel(plain), kernel(augmented))
   np.testing.assert_array_equal(kernel(augmented), kernel(again))
@@ -165,11 +165,11 @@ def test_train_steps_augment_each_step_with_its_own_key(split_and_state):
 def test_evaluate_is_never_augmented(split_and_state):
   assert "augment" not in inspect.signature(train.evaluate).parameters
   split, state, _ = split_and_state
-  order, mask = in_memory.eval_order(64, 32)
+  order, mask = batching.eval_order(64, 32)
   mean, std = preprocess.channel_stats(np.asarray(split.images))
   prep = preprocess.make_preprocess(mean, std)
   sums = jax.jit(functools.partial(train.evaluate, preprocess=prep))(
-      state, split.images, split.labels, order, mask)
+      state, split.arrays, split.rows[order], mask)
   direct = train.eval_step(state, {"image": prep(split.images), "label": split.labels,
                                    "mask": jnp.ones(64, bool)})
   for k in direct:

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from cnn_jax import data
 from cnn_jax.data import source
 from cnn_jax.data.builders import folder
 
@@ -46,9 +47,9 @@ def test_train_test_layout(tmp_path):
     write_images(root / split / "dog", n, color=(0, 0, 250), ext="jpg")
   builder, info = load(root, tmp_path / "tfds", image_size=(8, 8, 3))
   assert info.image_shape == (8, 8, 3)
-  assert (info.num_classes, info.num_train, info.num_test) == (2, 6, 4)
+  assert (info.num_classes, info.splits["train"], info.splits["test"]) == (2, 6, 4)
   assert builder.info.features["label"].names == ["cat", "dog"]
-  images, labels = source.read_split(builder, "test")
+  images, labels = data.read_split(builder, "test")
   assert images.shape == (4, 8, 8, 3) and images.dtype == np.uint8
   assert sorted(labels.tolist()) == [0, 0, 1, 1]
   red = images[labels == 0]
@@ -61,9 +62,9 @@ def test_single_tree_split_is_stratified_and_deterministic(tmp_path):
     write_images(root / name, n)
   builder, info = load(root, tmp_path / "tfds", image_size=(4, 4, 1),
                        test_fraction=0.2)
-  assert (info.num_train, info.num_test) == (14, 4)
-  _, test_labels = source.read_split(builder, "test")
-  _, train_labels = source.read_split(builder, "train")
+  assert (info.splits["train"], info.splits["test"]) == (14, 4)
+  _, test_labels = data.read_split(builder, "test")
+  _, train_labels = data.read_split(builder, "train")
   assert np.bincount(test_labels).tolist() == [2, 1, 1]
   assert np.bincount(train_labels).tolist() == [8, 4, 2]
   scan = folder.scan_folder(str(root), folder.FolderOptions(test_fraction=0.2))
@@ -78,7 +79,7 @@ def test_resize_and_channel_conversion(tmp_path):
   write_images(root / "gray", 2, color=(90,), channels=1, size=(5, 7))
   gray_builder, info = load(root, tmp_path / "tfds", image_size=(6, 6, 1))
   assert info.image_shape == (6, 6, 1)
-  images, labels = source.read_split(gray_builder, "train")
+  images, labels = data.read_split(gray_builder, "train")
   assert images.shape == (2, 6, 6, 1)
   assert np.all(images[labels == 0] == 90)  # "gray" sorts first.
   red_as_gray = images[labels == 1]
@@ -86,7 +87,7 @@ def test_resize_and_channel_conversion(tmp_path):
 
   rgb_builder, info = load(root, tmp_path / "tfds", image_size=(6, 6, 3))
   assert info.image_shape == (6, 6, 3)
-  images, labels = source.read_split(rgb_builder, "train")
+  images, labels = data.read_split(rgb_builder, "train")
   assert np.all(images[labels == 0] == 90)
   np.testing.assert_array_equal(images[labels == 1],
                                 np.broadcast_to(RED, (1, 6, 6, 3)))
@@ -98,7 +99,7 @@ def test_corrupt_file_skipped_with_count(tmp_path, capsys):
   write_images(root / "b", 4)
   (root / "a" / "img000.png").write_bytes(b"not an image")
   _, info = load(root, tmp_path / "tfds", on_bad_image="skip")
-  assert info.num_train + info.num_test == 7
+  assert info.splits["train"] + info.splits["test"] == 7
   out = capsys.readouterr().out
   assert "Skipped 1 unreadable image file(s)" in out
   assert str(root / "a" / "img000.png") in out
@@ -168,10 +169,10 @@ def test_changed_folder_is_prepared_again(tmp_path):
   write_images(root / "a", 3)
   write_images(root / "b", 3)
   first, info = load(root, tmp_path / "tfds")
-  assert info.num_train + info.num_test == 6
+  assert info.splits["train"] + info.splits["test"] == 6
   again, _ = load(root, tmp_path / "tfds")
   assert again.data_dir == first.data_dir
   write_images(root / "c", 2)
   changed, info = load(root, tmp_path / "tfds")
   assert changed.data_dir != first.data_dir
-  assert (info.num_classes, info.num_train + info.num_test) == (3, 8)
+  assert (info.num_classes, info.splits["train"] + info.splits["test"]) == (3, 8)

@@ -80,12 +80,13 @@ def test_prepare_round_trip_with_stock_builder(tmp_path, idx_dir, name, stock_cl
   assert builder.info.features["image"].shape == (28, 28, 1)
   assert builder.info.features["label"].names == label_names
   for split, (images, labels) in data.items():
-    loaded = tfds.as_numpy(tfds.load(name, data_dir=data_dir, split=split,
-                                     batch_size=-1))
-    assert loaded["image"].shape == (len(labels), 28, 28, 1)
-    assert loaded["image"].dtype == np.uint8
+    # Prepared in ArrayRecord: a plain TFDS data source reads it.
+    loaded = list(tfds.data_source(name, data_dir=data_dir, split=split))
+    loaded_images = np.stack([x["image"] for x in loaded])
+    assert loaded_images.shape == (len(labels), 28, 28, 1)
+    assert loaded_images.dtype == np.uint8
     # TFDS shuffles the order on write: compare as sorted (image, label) pairs.
-    assert as_sorted_pairs(loaded["image"][..., 0], loaded["label"]) == (
+    assert as_sorted_pairs(loaded_images[..., 0], [x["label"] for x in loaded]) == (
         as_sorted_pairs(images, labels))
   assert name in source.offline_datasets(data_dir)
 
@@ -202,7 +203,11 @@ def test_prepare_debian_fashion_mnist(tmp_path):
   start = time.perf_counter()
   builder = prepare_command("fashion_mnist", DEBIAN_DIR, str(tmp_path))
   print(f"prepared Debian fashion_mnist in {time.perf_counter() - start:.1f} s")
-  assert type(builder) is tfds_mnist.FashionMNIST  # pylint: disable=unidiomatic-typecheck
+  assert (builder.name, str(builder.version)) == ("fashion_mnist", "3.0.1")
+  assert source.has_array_record(builder)
+  # The decoded cache of both splits is written by prepare.
+  assert sorted(os.listdir(os.path.join(builder.data_dir, "decoded")))[0].startswith("test.")
+  assert len(os.listdir(os.path.join(builder.data_dir, "decoded"))) == 4
   info = source.dataset_info(builder)
-  assert (info.num_train, info.num_test, info.num_classes) == (60_000, 10_000, 10)
+  assert (info.splits["train"], info.splits["test"], info.num_classes) == (60_000, 10_000, 10)
   assert info.image_shape == (28, 28, 1)

@@ -71,3 +71,48 @@ def test_unknown_model_is_an_error_before_training(seed_config, tmp_path):
   with pytest.raises(ValueError, match="Unknown model 'no_such_model'. Known models: seed_cnn"):
     run.train_and_evaluate(seed_config, str(tmp_path / "bad"))
   assert not os.path.exists(tmp_path / "bad" / "checkpoints")
+
+
+# Runs `python -m cnn_jax.main ARGS` in a process in which `import tensorflow` raises,
+# as on a GPU machine without TensorFlow.
+NO_TENSORFLOW = """
+import importlib.abc, importlib.machinery, runpy, sys
+
+class Refuse(importlib.abc.Loader):
+  def create_module(self, spec):
+    raise ImportError(f"{spec.name} is not installed here (blocked by the test)")
+
+  def exec_module(self, module):
+    pass
+
+class NoTensorFlow(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] == "tensorflow":
+      return importlib.machinery.ModuleSpec(name, Refuse())
+    return None
+
+sys.meta_path.insert(0, NoTensorFlow())
+try:
+  import tensorflow
+  raise SystemExit("tensorflow imported although blocked")
+except ImportError:
+  pass
+sys.argv = ["cnn_jax.main", *sys.argv[1:]]
+runpy.run_module("cnn_jax.main", run_name="__main__")
+"""
+
+
+def test_training_and_eval_need_no_tensorflow(data_dir, tmp_path):
+  workdir = str(tmp_path / "no_tf")
+  for args in (["train", "--config", "experiments/seed_cnn.py", "--workdir", workdir,
+                "--config.num_epochs=1", f"--config.data_dir={data_dir}",
+                "--config.validation_fraction=0.1"],
+               ["train", "--config", "experiments/seed_cnn.py", "--workdir",
+                workdir + "_streamed", "--config.num_epochs=1",
+                f"--config.data_dir={data_dir}", "--config.input_pipeline=streaming",
+                "--config.train_split=train[:640]"],
+               ["eval", "--workdir", workdir]):
+    out = subprocess.run([sys.executable, "-c", NO_TENSORFLOW, *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+  assert "checkpoint step 112: test accuracy 0.9" in out.stdout

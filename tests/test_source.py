@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from cnn_jax import data
 from cnn_jax.data import source
 
 
@@ -22,7 +23,7 @@ def test_mocked_dataset_through_source(tmp_path, monkeypatch, name, shape):
     builder = source.get_builder(name, str(tmp_path))
     info = source.dataset_info(builder)
     # read_split batches explicitly: batch_size=-1 aborts the process in mock_data.
-    images, labels = source.read_split(builder, "train", chunk=5)
+    images, labels = data.read_split(builder, "train")
   assert info.name == name
   assert info.image_shape == shape
   assert info.num_classes == 10
@@ -50,3 +51,18 @@ def test_not_downloadable_fails_fast(tmp_path, monkeypatch, name, fix):
   assert time.perf_counter() - start < 10
   assert fix in str(e.value)
   assert "mnist_5k" in str(e.value)
+
+
+def test_a_tfrecord_dataset_is_converted_once_to_array_record(tmp_path, capsys):
+  from cnn_jax.data.builders import mnist_5k  # pylint: disable=g-import-not-at-top
+  mnist_5k.Mnist5k(data_dir=str(tmp_path)).download_and_prepare()  # TFRecord, TFDS's default.
+  stale = source.open_prepared("mnist_5k", str(tmp_path))
+  assert not source.has_array_record(stale)
+  capsys.readouterr()
+  builder = source.prepared_builder("mnist_5k", str(tmp_path))
+  assert "prepared as TFRecord only; converting it once" in capsys.readouterr().out
+  assert source.has_array_record(builder)
+  source.prepared_builder("mnist_5k", str(tmp_path))
+  assert "converting" not in capsys.readouterr().out
+  images, labels = data.read_split(builder, "test")
+  assert images.shape == (1000, 28, 28, 1) and np.bincount(labels).tolist() == [100] * 10

@@ -14,7 +14,7 @@ import pytest
 from cnn_jax import mesh as mesh_lib
 from cnn_jax import models
 from cnn_jax import train
-from cnn_jax.data import in_memory, preprocess
+from cnn_jax.data import batching, in_memory, preprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,8 +97,8 @@ def run_epochs(seed, epochs=2, n=256, batch=32):
                   donate_argnums=0)
   state = make_state(seed)
   for epoch in range(epochs):
-    order = in_memory.epoch_order(jax.random.key(seed), epoch, jnp.asarray(split.rows), batch)
-    state, _ = chunk(state, split.images, split.labels, order)
+    order = split.rows[batching.epoch_order(jax.random.key(seed), epoch, n, batch)]
+    state, _ = chunk(state, split.arrays, order)
   return state
 
 

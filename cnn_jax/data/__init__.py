@@ -1,23 +1,24 @@
-"""Input: TFDS datasets in, device-resident splits out."""
+"""Input: a TFDS dataset in, a `batching.Dataset` out (see `batching` for the interface).
 
-import dataclasses
+How data flows: `source` finds the dataset prepared in ArrayRecord (preparing it, or
+converting a TFRecord one, only then with TensorFlow); `cache` reads each of its splits
+at random, through the TFDS data source or the decoded cache beside it; `splits` makes
+the named splits (train, test, an optional validation hold-out) from split specs;
+then one pipeline serves them as `batching.Chunk`s: `in_memory` (whole splits on the
+devices, the fast path for data that fits) or `streaming` (Grain, chunk by chunk).
+"""
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from cnn_jax.data import in_memory, preprocess, source
+from cnn_jax.data import batching, cache, in_memory, preprocess, source, splits as splits_lib
+from cnn_jax.data import streaming
+from cnn_jax.data.batching import Chunk, Dataset
 from cnn_jax.data.source import DatasetError, DatasetInfo
 
-
-@dataclasses.dataclass(frozen=True)
-class Data:
-  info: DatasetInfo
-  train: in_memory.DeviceSplit
-  test: in_memory.DeviceSplit
-  # (mean, std) per channel of the train split when config.normalize, else None.
-  channel_stats: tuple[np.ndarray, np.ndarray] | None = None
+PIPELINES = {"in_memory": in_memory.DeviceResident, "streaming": streaming.Streamed}
 
 
 def folder_options(config):
@@ -30,56 +31,103 @@ def folder_options(config):
                        on_bad_image=config.on_bad_image)
 
 
-def prepared_builder(config):
-  """The dataset's TFDS builder; process 0 prepares it while the others wait."""
-  options = folder_options(config)
+def open_base_splits(builder, max_bytes: int):
+  """split name -> its `cache.BaseSplit` (opened, and cached, on first use)."""
+  bases = {}
+
+  def open_base(name):
+    if name not in bases:
+      bases[name] = cache.open_base_split(builder, name, max_bytes)
+    return bases[name]
+  return open_base
+
+
+def read_split(builder, spec: str = "train",
+               max_bytes: int = 2 * 1024**3) -> tuple[np.ndarray, np.ndarray]:
+  """All of split `spec` of a prepared dataset as numpy (uint8 images, int32 labels)."""
+  split = splits_lib.from_spec(spec, list(builder.info.splits.keys()),
+                               open_base_splits(builder, max_bytes))
+  return split.read(np.arange(len(split)))
+
+
+def open_splits(config) -> tuple[DatasetInfo, dict[str, splits_lib.Split]]:
+  """The dataset's info and named splits, preparing and caching what is missing.
+
+  Process 0 does it first while the others wait, so only one prepares or writes.
+  """
+  def open_all():
+    builder = source.prepared_builder(config.dataset, config.data_dir,
+                                      folder_options(config))
+    named = splits_lib.named_splits(config, list(builder.info.splits.keys()),
+                                    open_base_splits(builder, config.in_memory_max_bytes))
+    return source.dataset_info(builder, {k: len(v) for k, v in named.items()}), named
+
   if jax.process_count() == 1:
-    return source.get_builder(config.dataset, config.data_dir, folder_options=options)
-  builder = None
+    return open_all()
   if jax.process_index() == 0:
-    builder = source.get_builder(config.dataset, config.data_dir, folder_options=options)
+    result = open_all()
   multihost_utils.sync_global_devices("dataset prepared")
-  return builder or source.get_builder(config.dataset, config.data_dir,
-                                       folder_options=options)
+  return result if jax.process_index() == 0 else open_all()
 
 
-def load_split(builder, split: str, mesh: Mesh) -> tuple[in_memory.DeviceSplit, np.ndarray]:
-  """This process's share of `split` onto the mesh; also returns the share (host)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  if jax.process_count() == 1:
-    images, labels = source.read_split(builder, split)
-    return in_memory.put_split(images, labels, mesh), images
-  shares = tfds.even_splits(split, jax.process_count())
-  sizes = [builder.info.splits[s].num_examples for s in shares]
-  images, labels = source.read_split(builder, shares[jax.process_index()])
-  return in_memory.put_split(images, labels, mesh, sizes), images
+def choose_pipeline(config, info: DatasetInfo) -> str:
+  """'in_memory' or 'streaming' for `config.input_pipeline` ('auto' decides by size).
+
+  'auto' keeps the splits on the devices when the decoded training split is at most
+  `config.in_memory_max_bytes`, and streams them otherwise.
+  """
+  choice = config.input_pipeline
+  if choice not in (*PIPELINES, "auto"):
+    raise DatasetError(f"config.input_pipeline={choice!r} is not one of "
+                       f"{', '.join(PIPELINES)}, auto; e.g. --config.input_pipeline=auto.")
+  if choice != "auto":
+    return choice
+  size = info.splits["train"] * int(np.prod(info.image_shape))
+  return "in_memory" if size <= config.in_memory_max_bytes else "streaming"
 
 
-def global_channel_stats(local_images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Per-channel mean and std over the shares of all processes."""
-  sums = np.stack(preprocess.channel_sums(local_images))  # [3, C] int64
+def channel_stats(split: splits_lib.Split, chunk: int = 4096):
+  """Per-channel (mean, std) of `split` on the [0, 1] scale, equal in every process.
+
+  Each process sums its share exactly (integers), and the sums are added up.
+  """
+  start, end = batching.share_bounds(len(split), jax.process_count())[jax.process_index()]
+  sums = 0
+  for s in range(start, end, chunk):
+    images, _ = split.read(np.arange(s, min(end, s + chunk)))
+    sums = sums + np.stack(preprocess.channel_sums(images))
   if jax.process_count() > 1:
     sums = np.asarray(multihost_utils.process_allgather(sums)).sum(0)
   return preprocess.stats_from_sums(*sums)
 
 
-def load(config, mesh: Mesh):
-  """Prepares (if needed) and opens `config.dataset` for the mesh's devices.
+def load(config, mesh: Mesh, data_key: jax.Array) -> Dataset:
+  """Opens `config.dataset` for the mesh's devices (see the module docstring).
 
-  Each process reads only its share of each split. A training split that fits
-  (`config.input_pipeline`, see `streaming.choose_pipeline`) is loaded onto the devices
-  (`Data`); a larger one is streamed (`streaming.StreamingData`).
+  Args:
+    config: the experiment config (dataset, data_dir, splits, batch sizes, input
+      pipeline, normalize, data_workers, steps_per_dispatch).
+    mesh: the devices batches go to.
+    data_key: the run's data key: training orders derive from it.
+
+  Raises:
+    DatasetError: the dataset cannot be prepared or read, or a split is empty or
+      smaller than one batch.
   """
-  from cnn_jax.data import streaming  # pylint: disable=g-import-not-at-top
-  builder = prepared_builder(config)
-  if streaming.choose_pipeline(config, builder) == "streaming":
-    return streaming.load(config, mesh, builder)
-  info = source.dataset_info(builder)
-  train, train_images = load_split(builder, config.train_split, mesh)
-  test, _ = load_split(builder, config.test_split, mesh)
-  stats = global_channel_stats(train_images) if config.normalize else None
-  info = dataclasses.replace(info, num_train=train.num_examples, num_test=test.num_examples)
-  return Data(info=info, train=train, test=test, channel_stats=stats)
+  info, named = open_splits(config)
+  if info.splits["train"] < config.batch_size:
+    raise DatasetError(
+        f"The train split ({config.train_split!r}) has {info.splits['train']} examples, "
+        f"fewer than one batch (batch_size={config.batch_size}); lower "
+        "--config.batch_size or use a larger split.")
+  stats = channel_stats(named["train"]) if config.normalize else None
+  common = dict(info=info, mesh=mesh, data_key=data_key, batch_size=config.batch_size,
+                eval_batch_size=config.eval_batch_size, channel_stats=stats)
+  pipeline = choose_pipeline(config, info)
+  if pipeline == "streaming":
+    common.update(workers=config.data_workers, group=max(1, config.steps_per_dispatch))
+  return PIPELINES[pipeline].open(named, **common)
 
 
-__all__ = ["Data", "DatasetError", "DatasetInfo", "load"]
+__all__ = ["Chunk", "Dataset", "DatasetError", "DatasetInfo", "choose_pipeline", "load",
+           "open_splits", "read_split"]

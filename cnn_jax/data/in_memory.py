@@ -1,21 +1,22 @@
-"""Splits that fit in memory: loaded once, kept on the devices, shuffled by JAX keys.
+"""Splits that fit: loaded once onto the devices, batches gathered there by index.
 
-Each process reads only its share of a split (`tfds.even_splits(split,
-process_count)[process_index]`, as `tfds.split_for_jax_process` does) and the shares
-form one global array sharded over the mesh's data axis. Each share is padded to the
-same length, so example i of the split lives at row `rows[i]` of that array. Data order
-is a permutation of example indices, the same whatever the number of processes or
-devices.
+Each process reads only its share of a split (contiguous positions, the first shares
+one longer when the split does not divide) and the shares form one global array
+sharded over the mesh's data axis. Each share is padded to the same length, so position
+i of the split lives at row `rows[i]` of that array. Batches are positions, the same
+whatever the number of processes or devices.
 """
 
 import dataclasses
+from typing import Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
 from cnn_jax import mesh as mesh_lib
+from cnn_jax.data import batching
+from cnn_jax.data.splits import Split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +26,7 @@ class DeviceSplit:
   Attributes:
     images: [R, H, W, C] uint8 global array (R >= num_examples: padded shares).
     labels: [R] int32 global array.
-    rows: [num_examples] int32 (host), the row of each example of the split.
+    rows: [num_examples] int32 (host), the row of each position of the split.
   """
   images: jax.Array
   labels: jax.Array
@@ -35,20 +36,9 @@ class DeviceSplit:
   def num_examples(self) -> int:
     return len(self.rows)
 
-
-@dataclasses.dataclass(frozen=True)
-class InMemoryEpoch:
-  """One epoch of a device-resident split, from its order of rows [steps, batch].
-
-  `take(start, end)` gives the `train.train_steps` arguments of steps [start, end), as
-  `streaming.TrainEpoch` does for streamed data.
-  """
-  split: DeviceSplit
-  order: np.ndarray
-  wait_sec = 0.0  # Nothing to wait for: the split is on the devices already.
-
-  def take(self, start: int, end: int):
-    return self.split.images, self.split.labels, self.order[start:end]
+  @property
+  def arrays(self) -> dict[str, jax.Array]:
+    return {"image": self.images, "label": self.labels}
 
 
 def share_layout(share_sizes: list[int], local_devices: int) -> tuple[int, np.ndarray]:
@@ -79,26 +69,48 @@ def put_split(images: np.ndarray, labels: np.ndarray, mesh: Mesh,
       rows)
 
 
-def epoch_order(key: jax.Array, epoch, rows: jax.Array, batch_size: int) -> jax.Array:
-  """Rows of one training epoch's batches, shape [steps, batch_size].
-
-  A pure function of (key, epoch): a resumed run sees the same order. The last
-  partial batch is dropped; each epoch drops different examples.
-  """
-  num_examples = rows.shape[0]
-  perm = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
-  steps = num_examples // batch_size
-  return rows[perm[: steps * batch_size]].reshape(steps, batch_size).astype(jnp.int32)
+def load_split(split: Split, mesh: Mesh) -> DeviceSplit:
+  """Reads this process's share of `split` and places it on the mesh."""
+  bounds = batching.share_bounds(len(split), jax.process_count())
+  start, end = bounds[jax.process_index()]
+  images, labels = split.read(np.arange(start, end))
+  return put_split(images, labels.astype(np.int32), mesh, [e - s for s, e in bounds])
 
 
-def eval_order(num_examples: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-  """Example indices and mask [batches, batch_size] covering every example once.
+class _Epoch(batching.Epoch):
+  """Rows of the device-resident train split for each step: nothing to wait for."""
 
-  The last batch is padded with index 0 and masked out, so no example is dropped and
-  every batch has the same shape.
-  """
-  batches = -(-num_examples // batch_size)
-  flat = np.arange(batches * batch_size)
-  mask = flat < num_examples
-  indices = np.where(mask, flat, 0).astype(np.int32)
-  return indices.reshape(batches, batch_size), mask.reshape(batches, batch_size)
+  def __init__(self, split: DeviceSplit, order: np.ndarray, start_step: int):
+    super().__init__(start_step)
+    self._split, self._order = split, order
+
+  def _take(self, start, end):
+    return batching.Chunk(self._split.arrays, self._split.rows[self._order[start:end]])
+
+
+@dataclasses.dataclass
+class DeviceResident(batching.Dataset):
+  """A `batching.Dataset` whose named splits all live on the devices."""
+  pipeline = "in_memory"
+  device_splits: dict[str, DeviceSplit] = dataclasses.field(default_factory=dict)
+  _eval_index: dict = dataclasses.field(default_factory=dict, repr=False)
+
+  @classmethod
+  def open(cls, splits: dict[str, Split], **kwargs) -> "DeviceResident":
+    mesh = kwargs["mesh"]
+    return cls(device_splits={k: load_split(s, mesh) for k, s in splits.items()},
+               **kwargs)
+
+  def train_epoch(self, epoch, start_step=0):
+    return _Epoch(self.device_splits["train"], self.epoch_order(epoch), start_step)
+
+  def eval_chunks(self, split) -> Iterator[batching.Chunk]:
+    if split not in self._eval_index:  # On the devices once per run, not every epoch.
+      device_split = self.device_splits[split]
+      positions, mask = batching.eval_order(device_split.num_examples,
+                                            self.eval_split_batch(split))
+      self._eval_index[split] = (
+          mesh_lib.put_replicated(device_split.rows[positions], self.mesh),
+          mesh_lib.put_replicated(mask, self.mesh))
+    index, mask = self._eval_index[split]
+    yield batching.Chunk(self.device_splits[split].arrays, index, mask)

@@ -1,10 +1,20 @@
-"""Finding, preparing and reading TFDS datasets, online or offline."""
+"""Finding and preparing TFDS datasets, online or offline, in ArrayRecord.
+
+Datasets are read through TFDS data sources (random access, no TensorFlow), so they
+must be prepared in ArrayRecord. TensorFlow is imported only to prepare a dataset or
+to convert one found prepared as TFRecord alone; opening a prepared dataset
+(`prepared_builder`) never imports it.
+"""
 
 import dataclasses
+import functools
 import os
 import socket
+import sys
+import types
 
-import numpy as np
+from cnn_jax.data.tfds_base import (ARRAY_RECORD, DatasetError, default_data_dir,
+                                    new_or_prepared, tensorflow)
 
 # Host TFDS downloads from; probed before a download so an offline machine fails fast
 # (TFDS itself retries for minutes before giving up).
@@ -13,25 +23,22 @@ _DOWNLOAD_HOST = ("storage.googleapis.com", 443)
 FOLDER_PREFIX = "folder:"
 
 
-class DatasetError(ValueError):
-  """A dataset that cannot be found, prepared or read, with how to fix it."""
-
-
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-  """What the model and pipeline need to know about a dataset."""
+  """What the model and the loop need to know about a dataset.
+
+  Attributes:
+    name: the TFDS name.
+    image_shape: (height, width, channels).
+    num_classes: number of labels.
+    class_names: a name per label.
+    splits: named split ("train", "test", "validation" if any) -> number of examples.
+  """
   name: str
   image_shape: tuple[int, int, int]
   num_classes: int
-  num_train: int
-  num_test: int
-
-
-def tensorflow():
-  """Imports TensorFlow, hiding accelerators from it so it never takes their memory."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], "GPU")
-  return tf
+  class_names: tuple[str, ...] = ()
+  splits: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def network_reachable(timeout: float = 3.0) -> bool:
@@ -67,17 +74,13 @@ def _is_prepared_dir(path: str) -> bool:
   return False
 
 
-def default_data_dir() -> str:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return tfds.core.constants.DATA_DIR
-
-
 def get_builder(name: str, data_dir: str | None, folder_options=None):
   """Returns a prepared TFDS builder for `name`, preparing it first if needed.
 
   Offline builders of this package prepare from local files; `folder:/path` reads a
   folder of class subfolders of images; other datasets are downloaded by TFDS as
-  usual, when the network allows.
+  usual, when the network allows. New preparations are written in ArrayRecord. This
+  imports TensorFlow; `prepared_builder` avoids it when the dataset is ready.
 
   Args:
     name: a TFDS name, a name in `OFFLINE_BUILDERS`, or "folder:/path/to/root".
@@ -98,12 +101,12 @@ def get_builder(name: str, data_dir: str | None, folder_options=None):
     return folder.get_builder(name[len(FOLDER_PREFIX):], data_dir,
                               folder_options or folder.FolderOptions())
   if name in OFFLINE_BUILDERS:
-    builder = OFFLINE_BUILDERS[name](data_dir=data_dir)
+    builder = new_or_prepared(functools.partial(OFFLINE_BUILDERS[name], data_dir=data_dir))
     if not builder.is_prepared():
       builder.download_and_prepare()
     return builder
   try:
-    builder = tfds.builder(name, data_dir=data_dir)
+    builder = new_or_prepared(functools.partial(tfds.builder, name, data_dir=data_dir))
   except tfds.core.registered.DatasetNotFoundError as e:
     raise DatasetError(
         f"Unknown dataset {name!r}: TFDS has no dataset of that name. Datasets that "
@@ -119,6 +122,76 @@ def get_builder(name: str, data_dir: str | None, folder_options=None):
   return builder
 
 
+def has_array_record(builder) -> bool:
+  """Whether the prepared dataset can be read as TFDS data sources (ArrayRecord)."""
+  info = builder.info
+  formats = [info.file_format, *info.alternative_file_formats]
+  return ARRAY_RECORD in {str(getattr(f, "value", f)) for f in formats}
+
+
+def convert_to_array_record(builder) -> None:
+  """Adds ArrayRecord shards beside a dataset prepared in TFRecord only (in place).
+
+  TFDS's own converter (`tfds convert_format`) does the work. Its module defines a
+  Beam class when imported, even for the local conversion used here; where Apache Beam
+  is not installed, a stand-in module is given for that import alone.
+  """
+  tensorflow()
+  print(f"{builder.name} in {builder.data_dir} is prepared as TFRecord only; converting "
+        "it once to ArrayRecord (read without TensorFlow) beside it.", flush=True)
+  try:
+    import apache_beam  # pylint: disable=g-import-not-at-top,unused-import
+    stand_in = False
+  except ImportError:
+    stand_in = True
+    sys.modules["apache_beam"] = types.SimpleNamespace(DoFn=object)
+  try:
+    from tensorflow_datasets.scripts.cli import convert_format_utils  # pylint: disable=g-import-not-at-top
+    convert_format_utils.convert_dataset(
+        out_dir=None, out_file_format=ARRAY_RECORD,
+        dataset_version_dir=os.fspath(builder.data_dir), num_workers=1)
+  finally:
+    if stand_in:
+      sys.modules.pop("apache_beam", None)
+
+
+def open_prepared(name: str, data_dir: str | None, folder_options=None):
+  """The prepared dataset `name` read from its files, or None where it is not prepared.
+
+  Reads only the dataset's metadata: no TensorFlow, no builder code.
+  """
+  from tensorflow_datasets.core import read_only_builder  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  if name.startswith(FOLDER_PREFIX):
+    from cnn_jax.data.builders import folder  # pylint: disable=g-import-not-at-top
+    path = folder.prepared_dir(name[len(FOLDER_PREFIX):], data_dir,
+                               folder_options or folder.FolderOptions())
+    if not os.path.exists(os.path.join(path, "dataset_info.json")):
+      return None
+    return read_only_builder.builder_from_directory(path)
+  try:
+    return read_only_builder.builder_from_files(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    return None
+
+
+def prepared_builder(name: str, data_dir: str | None, folder_options=None):
+  """A builder of `name` readable as data sources, preparing or converting it if needed.
+
+  A dataset already prepared in ArrayRecord is opened without importing TensorFlow;
+  otherwise it is prepared (`get_builder`) or, when found as TFRecord only, converted
+  once (`convert_to_array_record`), both of which need TensorFlow.
+  """
+  builder = open_prepared(name, data_dir, folder_options)
+  if builder is not None and has_array_record(builder):
+    return builder
+  builder = get_builder(name, data_dir, folder_options)
+  if not has_array_record(builder):
+    convert_to_array_record(builder)
+    builder = open_prepared(name, data_dir, folder_options)
+  return builder
+
+
 def _offline_fix(name: str, data_dir: str | None) -> str:
   from cnn_jax.data.builders import idx  # pylint: disable=g-import-not-at-top
   if name in idx.LOCAL_BUILDERS:
@@ -131,42 +204,31 @@ def _offline_fix(name: str, data_dir: str | None) -> str:
           "a folder of images: --config.dataset=folder:/path/to/root.")
 
 
-def dataset_info(builder) -> DatasetInfo:
-  """Reads image shape and class count from a builder's metadata."""
-  image_key, label_key = _supervised_keys(builder)
+def dataset_info(builder, splits: dict[str, int] | None = None) -> DatasetInfo:
+  """Reads image shape and classes from a builder's metadata.
+
+  Args:
+    builder: a prepared TFDS builder.
+    splits: the size of each named split (default: the dataset's own splits).
+  """
+  image_key, label_key = supervised_keys(builder)
   shape = tuple(builder.info.features[image_key].shape)
   if len(shape) != 3 or None in shape:
     raise DatasetError(
         f"Dataset {builder.name!r} has images of shape {shape}; this pipeline needs a "
         "fixed (height, width, channels) shape.")
-  splits = builder.info.splits
-  count = lambda s: splits[s].num_examples if s in splits else 0
-  return DatasetInfo(
-      name=builder.name,
-      image_shape=shape,
-      num_classes=builder.info.features[label_key].num_classes,
-      num_train=count("train"),
-      num_test=count("test"))
+  label = builder.info.features[label_key]
+  if splits is None:
+    splits = {k: v.num_examples for k, v in builder.info.splits.items()}
+  return DatasetInfo(name=builder.name, image_shape=shape, num_classes=label.num_classes,
+                     class_names=tuple(label.names), splits=dict(splits or {}))
 
 
-def _supervised_keys(builder) -> tuple[str, str]:
+def supervised_keys(builder) -> tuple[str, str]:
+  """The (image, label) feature names of an image-classification dataset."""
   keys = builder.info.supervised_keys
   if not keys or len(keys) != 2:
     raise DatasetError(
         f"Dataset {builder.name!r} has no (image, label) supervised keys; it is not an "
         "image-classification dataset.")
-  return keys
-
-
-def read_split(builder, split: str, chunk: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
-  """Reads a whole split as numpy (images uint8 [N, H, W, C], labels int32 [N])."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  # Batched reads, not batch_size=-1: that one aborts under tfds.testing.mock_data.
-  ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
-  images, labels = [], []
-  for x, y in tfds.as_numpy(ds.batch(chunk)):
-    images.append(x)
-    labels.append(y)
-  if not images:
-    raise DatasetError(f"Split {split!r} of {builder.name!r} is empty.")
-  return np.concatenate(images).astype(np.uint8), np.concatenate(labels).astype(np.int32)
+  return tuple(keys)

@@ -16,13 +16,15 @@ options, so a changed folder or option is prepared afresh.
 """
 
 import dataclasses
+import functools
 import hashlib
 import os
 import re
 
 import tensorflow_datasets as tfds
 
-from cnn_jax.data.source import DatasetError, tensorflow
+from cnn_jax.data.tfds_base import (DatasetError, default_data_dir, new_or_prepared,
+                                    tensorflow)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 BAD_IMAGE_MODES = ("skip", "error")
@@ -216,14 +218,16 @@ class ImageFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
   RELEASE_NOTES = {"1.0.0": "Class subfolders, resized, stratified split."}
 
   def __init__(self, *, scan: FolderScan, options: FolderOptions,
-               data_dir: str | None = None):
+               data_dir: str | None = None, file_format: str | None = None):
     self.scan = scan
     self.options = options
     self.skipped: dict[str, list[str]] = {"train": [], "test": []}
-    super().__init__(data_dir=data_dir, config=tfds.core.BuilderConfig(
-        name=config_name(scan, options), version=self.VERSION,
-        description=f"Images of {scan.root}"))
-    self._original_state = dict(scan=scan, options=options, data_dir=data_dir)
+    super().__init__(data_dir=data_dir, file_format=file_format,
+                     config=tfds.core.BuilderConfig(
+                         name=config_name(scan, options), version=self.VERSION,
+                         description=f"Images of {scan.root}"))
+    self._original_state = dict(scan=scan, options=options, data_dir=data_dir,
+                                file_format=file_format)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -263,11 +267,19 @@ class ImageFolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
           "skipped). Add readable images to those class folders.")
 
 
+def prepared_dir(root: str, data_dir: str | None, options: FolderOptions) -> str:
+  """Where the image folder `root`, as it is now, is (or would be) prepared."""
+  config = config_name(scan_folder(root, options), options)
+  return os.path.join(os.path.expanduser(data_dir or default_data_dir()),
+                      ImageFolderBuilder.name, config, str(ImageFolderBuilder.VERSION))
+
+
 def get_builder(root: str, data_dir: str | None, options: FolderOptions):
   """Returns the prepared builder of the image folder `root`, preparing it if needed."""
   tensorflow()  # Before any other TF use: hides accelerators from TensorFlow.
   scan = scan_folder(root, options)
-  builder = ImageFolderBuilder(scan=scan, options=options, data_dir=data_dir)
+  builder = new_or_prepared(functools.partial(ImageFolderBuilder, scan=scan,
+                                              options=options, data_dir=data_dir))
   if builder.is_prepared():
     return builder
   if scan.ignored:

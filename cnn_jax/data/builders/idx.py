@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
-from cnn_jax.data.source import DatasetError
+from cnn_jax.data.tfds_base import ARRAY_RECORD, DatasetError
 
 # The names TFDS's stock builders download, which the upstream sites and Debian use too.
 FILES = {
@@ -176,7 +176,7 @@ def prepare(name: str, from_dir: str, data_dir: str | None):
           "nothing to do.")
     return stock
   contents = check_files(from_dir)
-  builder = LOCAL_BUILDERS[name](data_dir=data_dir)
+  builder = LOCAL_BUILDERS[name](data_dir=data_dir, file_format=ARRAY_RECORD)
   _remove_stale_incomplete(builder)
   with tempfile.TemporaryDirectory(prefix=f"{name}_idx_") as tmp:
     # The stock _generate_examples reads unzipped files with the counts it is given.
