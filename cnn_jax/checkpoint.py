@@ -7,8 +7,10 @@ import time
 import jax
 import orbax.checkpoint as ocp
 
+from cnn_jax.errors import Error
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(Error, RuntimeError):
   """No usable checkpoint where one was expected, or one that does not fit the run."""
 
 
@@ -24,27 +26,30 @@ class Checkpoints:
     keep_latest: how many of the newest checkpoints to keep.
     keep_best: how many of the best checkpoints (by `best_metric`) to keep as well.
     best_metric: metrics key ranking checkpoints; only checkpoints saved with metrics
-      (epoch ends) compete.
+      (epoch ends) compete. '' keeps the latest checkpoints only.
     best_mode: 'max' or 'min'.
   """
 
   def __init__(self, directory: str, keep_latest: int = 2, keep_best: int = 1,
-               best_metric: str = "test_accuracy", best_mode: str = "max"):
+               best_metric: str = "", best_mode: str = "max"):
     if best_mode not in ("max", "min"):
       raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}.")
     self.directory = os.path.abspath(directory)
-    metric = lambda m: m[best_metric]
     policies = [ocp.checkpoint_managers.LatestN(n=keep_latest)]
-    if keep_best:
+    best = {}
+    if keep_best and best_metric:
+      metric = lambda m: m[best_metric]
       policies.append(ocp.checkpoint_managers.BestN(
           get_metric_fn=metric, reverse=best_mode == "min", n=keep_best,
           keep_checkpoints_without_metrics=False))
+      best = dict(best_fn=metric, best_mode=best_mode)
     options = ocp.CheckpointManagerOptions(
-        best_fn=metric, best_mode=best_mode,
+        **best,
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
         enable_async_checkpointing=True,
         # Leftovers of a save cut short are garbage: all_steps() ignores them anyway.
         cleanup_tmp_directories=True)
+    self.keeps_best = bool(best)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=("state", "meta"))
 
@@ -56,7 +61,31 @@ class Checkpoints:
     return steps[-1] if steps else None
 
   def best_step(self) -> int | None:
-    return self._manager.best_step()
+    """The best step by `best_metric`; None when none is kept (no metric given)."""
+    return self._manager.best_step() if self.keeps_best else None
+
+  def resolve(self, step: str) -> int:
+    """The step number of 'latest', 'best' or 'N'.
+
+    Raises:
+      CheckpointError: no checkpoints, no best one kept, or no such step.
+    """
+    steps = self.all_steps()
+    if not steps:
+      raise CheckpointError(f"No checkpoints in {self.directory}.")
+    if step == "latest":
+      return steps[-1]
+    if step == "best":
+      if self.best_step() is None:
+        raise CheckpointError(
+            f"The run in {os.path.dirname(self.directory)} keeps no best checkpoint (its "
+            "config has no best_metric); use --step latest or a step number.")
+      return self.best_step()
+    if not str(step).isdigit() or int(step) not in steps:
+      raise CheckpointError(
+          f"No checkpoint step {step} in {self.directory}; it has steps "
+          f"{', '.join(map(str, steps))} (or use --step latest or best).")
+    return int(step)
 
   def save(self, step: int, state, meta: dict, metrics: dict | None = None) -> None:
     """Starts an asynchronous save of `state` and `meta` at `step`."""

@@ -14,8 +14,16 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (experiments/*.py); override fields "
     "with --config.FIELD=VALUE.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
-_STEP = flags.DEFINE_string("step", "latest", "eval: checkpoint to evaluate: latest, "
-                            "best, or a step number.")
+_STEP = flags.DEFINE_string("step", "latest", "eval, predict, export: checkpoint: "
+                            "latest, best, or a step number.")
+_OUT = flags.DEFINE_string("out", None, "report: directory for the figures (default "
+                           "WORKDIR/report); export: a new directory.")
+_FORMAT = flags.DEFINE_enum("format", "stablehlo", ["stablehlo", "savedmodel"],
+                            "export: StableHLO (jax.export) or a TensorFlow SavedModel.")
+_TOP_K = flags.DEFINE_integer("top_k", 3, "predict: classes shown per image.")
+_JSON = flags.DEFINE_bool("json", False, "predict: machine-readable output.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show TensorFlow, TFDS and absl messages "
+                             "(hidden by default).")
 _FROM = flags.DEFINE_string("from", None, "prepare: directory holding the dataset's files.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "prepare: TFDS data_dir to prepare "
                                 "into (default: TFDS's).")
@@ -33,6 +41,9 @@ _DISTRIBUTED_TIMEOUT = flags.DEFINE_integer(
 USAGE = """commands:
   train --config FILE --workdir DIR [--config.FIELD=VALUE ...]
   eval --workdir DIR [--step latest|best|N]
+  report --workdir DIR [--workdir DIR ...] [--out DIR]
+  predict --workdir DIR [--step latest|best|N] [--top_k K] [--json] FILE...
+  export --workdir DIR [--step ...] --format stablehlo|savedmodel --out DIR
   prepare NAME --from DIR [--data_dir DIR]
 multi-process: add --local_processes N (here), or --num_processes N --process_id I
   --coordinator HOST:PORT on each host (Slurm and Open MPI are detected by JAX)."""
@@ -53,8 +64,9 @@ def main(argv):
                                _DISTRIBUTED_TIMEOUT.value)
   launch.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                     _DISTRIBUTED_TIMEOUT.value)
-  # Orbax logs every checkpoint write at INFO; keep the console for the run's own lines.
-  logging.set_verbosity(logging.WARNING)
+  # Orbax logs every checkpoint write at INFO, TFDS and TensorFlow their own notices:
+  # the console keeps the run's own lines unless --verbose.
+  logging.set_verbosity(logging.INFO if _VERBOSE.value else logging.ERROR)
   from cnn_jax import preemption  # pylint: disable=g-import-not-at-top
   from cnn_jax import run  # pylint: disable=g-import-not-at-top
   from cnn_jax.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
@@ -68,6 +80,21 @@ def main(argv):
       if _WORKDIR.value is None:
         raise app.UsageError("eval needs --workdir.\n" + USAGE)
       run.evaluate_checkpoint(_WORKDIR.value, _STEP.value)
+    elif command == "report":
+      from cnn_jax import plots  # pylint: disable=g-import-not-at-top
+      workdirs = [w for w in [_WORKDIR.value, *args] if w]
+      plots.report_command(workdirs, _OUT.value)
+    elif command == "predict":
+      from cnn_jax import predict  # pylint: disable=g-import-not-at-top
+      if _WORKDIR.value is None:
+        raise app.UsageError("predict needs --workdir.\n" + USAGE)
+      return predict.predict_command(_WORKDIR.value, _STEP.value, args, _TOP_K.value,
+                                     _JSON.value)
+    elif command == "export" and not args:
+      from cnn_jax import export  # pylint: disable=g-import-not-at-top
+      if _WORKDIR.value is None:
+        raise app.UsageError("export needs --workdir.\n" + USAGE)
+      export.export_command(_WORKDIR.value, _STEP.value, _FORMAT.value, _OUT.value)
     elif command == "prepare" and len(args) == 1:
       from cnn_jax import prepare  # pylint: disable=g-import-not-at-top
       prepare.prepare_command(args[0], _FROM.value, _DATA_DIR.value)

@@ -1,14 +1,27 @@
-"""What a run tells its user: console lines, a progress bar, metrics.jsonl, config.json."""
+"""What a run tells its user: console lines, a progress bar, metrics.jsonl, config.json,
+dataset.json, evaluation details (evals/<name>/<step>.json) and TensorBoard events.
+
+TensorBoard event files (`tensorboard/` in the workdir) are written with tensorboardX,
+which needs no TensorFlow: training loss, accuracy and learning rate after every
+dispatch, each evaluator's scalars and the epoch's speed after every epoch, and the
+config as hyperparameters and text. `tensorboard --logdir WORKDIR` shows them.
+"""
 
 import json
 import os
 import sys
 
 import jax
+import numpy as np
 from tqdm import tqdm
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
+DATASET_FILE = "dataset.json"
+EVALS_DIR = "evals"
+TENSORBOARD_DIR = "tensorboard"
+# Record keys that are per-epoch speeds and times, shown under "speed/" in TensorBoard.
+_SPEED_KEYS = ("images_per_sec", "eval_images_per_sec", "data_wait_sec", "epoch_time_sec")
 
 
 class Reporter:
@@ -17,23 +30,76 @@ class Reporter:
   def __init__(self, workdir: str):
     self.workdir = workdir
     self.is_main = jax.process_index() == 0
+    self._writer = None
+
+  @property
+  def writer(self):
+    """The TensorBoard writer, opened on first use (process 0 only)."""
+    if self._writer is None:
+      import tensorboardX  # pylint: disable=g-import-not-at-top
+      self._writer = tensorboardX.SummaryWriter(
+          os.path.join(self.workdir, TENSORBOARD_DIR), flush_secs=30)
+    return self._writer
 
   def write_config(self, config) -> None:
-    if self.is_main:
-      _atomic_write(os.path.join(self.workdir, CONFIG_FILE), config.to_json_best_effort(
-          indent=2, sort_keys=True) + "\n")
-
-  def epoch(self, record: dict) -> None:
-    """Appends one epoch's record to metrics.jsonl and prints it."""
+    """config.json, and the config as TensorBoard hyperparameters and text."""
     if not self.is_main:
       return
+    text = config.to_json_best_effort(indent=2, sort_keys=True)
+    _atomic_write(os.path.join(self.workdir, CONFIG_FILE), text + "\n")
+    flat = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+            for k, v in _flatten(json.loads(text)).items()}
+    self.writer.add_hparams(flat, {}, name=".")
+    self.writer.add_text("config", "```\n" + text + "\n```")
+
+  def write_dataset(self, info, channel_stats) -> None:
+    """dataset.json: what prediction and export need without reading the dataset."""
+    if not self.is_main:
+      return
+    mean, std = channel_stats or (None, None)
+    _atomic_write(os.path.join(self.workdir, DATASET_FILE), json.dumps({
+        "name": info.name, "image_shape": list(info.image_shape),
+        "num_classes": info.num_classes, "class_names": list(info.class_names),
+        "splits": info.splits,
+        "channel_mean": None if mean is None else np.asarray(mean).tolist(),
+        "channel_std": None if std is None else np.asarray(std).tolist()}, indent=2))
+
+  def scalars(self, step: int, values: dict) -> None:
+    """TensorBoard scalars of the training steps up to `step`."""
+    if self.is_main:
+      for k, v in values.items():
+        self.writer.add_scalar(k.replace("train_", "train/", 1), v, step)
+
+  def epoch(self, record: dict, details: dict | None = None) -> None:
+    """Appends one epoch's record to metrics.jsonl (and its evaluations' details to
+    evals/), writes its scalars to TensorBoard and prints it."""
+    if not self.is_main:
+      return
+    for name, detail in (details or {}).items():
+      path = os.path.join(self.workdir, EVALS_DIR, name, f"{record['step']}.json")
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      _atomic_write(path, json.dumps({"step": record["step"], **detail}))
+      for key, value in record.items():
+        if key.startswith(f"{name}_"):
+          self.writer.add_scalar(f"{name}/{key[len(name) + 1:]}", value, record["step"])
+    for key in _SPEED_KEYS:
+      if key in record:
+        self.writer.add_scalar(f"speed/{key}", record[key], record["step"])
+    self.writer.flush()
     with open(os.path.join(self.workdir, METRICS_FILE), "a") as f:
       f.write(json.dumps(record, sort_keys=True) + "\n")
+    evals = "".join(
+        f"{name} loss {record[f'{name}_loss']:.4f} acc {record[f'{name}_accuracy']:.4f}  "
+        for name in (details or {}) if f"{name}_loss" in record and
+        f"{name}_accuracy" in record)
     print(f"epoch {record['epoch']:3d}  step {record['step']:7d}  "
           f"train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}  "
-          f"test loss {record['test_loss']:.4f} acc {record['test_accuracy']:.4f}  "
-          f"{record['images_per_sec']:,.0f} img/s  eval {record['eval_images_per_sec']:,.0f}"
-          " img/s", flush=True)
+          f"{evals}{record['images_per_sec']:,.0f} img/s  "
+          f"eval {record['eval_images_per_sec']:,.0f} img/s", flush=True)
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
 
   def info(self, message: str) -> None:
     if self.is_main:
@@ -43,6 +109,20 @@ class Reporter:
     """A progress bar over an epoch's steps, on a terminal only."""
     return tqdm(total=total, initial=initial, desc=f"epoch {epoch}", unit="step",
                 leave=False, disable=not (self.is_main and sys.stdout.isatty()))
+
+
+def accuracy_summary(record: dict, evaluators) -> str:
+  """'validation accuracy 0.9, loss 0.3; test accuracy ...' of a record."""
+  return "; ".join(
+      f"{ev.name} accuracy {record[f'{ev.name}_accuracy']:.4f}, "
+      f"{ev.name} loss {record.get(f'{ev.name}_loss', float('nan')):.4f}"
+      for ev in evaluators if f"{ev.name}_accuracy" in record)
+
+
+def read_json(workdir: str, name: str):
+  """A JSON file of the workdir (config.json, dataset.json, ...)."""
+  with open(os.path.join(workdir, name)) as f:
+    return json.load(f)
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -68,3 +148,13 @@ def _atomic_write(path: str, text: str) -> None:
   with open(tmp, "w") as f:
     f.write(text)
   os.replace(tmp, path)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out

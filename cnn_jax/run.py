@@ -12,6 +12,7 @@ import numpy as np
 
 from cnn_jax import checkpoint as checkpoint_lib
 from cnn_jax import data as data_lib
+from cnn_jax import evaluators as evaluators_lib
 from cnn_jax import mesh as mesh_lib
 from cnn_jax import metrics as metrics_lib
 from cnn_jax import models
@@ -88,23 +89,24 @@ class Experiment:
   fingerprint: dict
   schedule: callable  # Optimizer step -> learning rate.
   load_sec: float  # Time to open the dataset and load it onto the devices.
+  evaluators: list[evaluators_lib.Evaluator]
 
-  @property
-  def eval_splits(self) -> list[str]:
-    """The named splits evaluated after each epoch: all but train (validation first)."""
-    return sorted((s for s in self.data.info.splits if s != "train"),
-                  key=lambda s: s != "validation")
-
-  def evaluate(self, state, split: str = "test") -> dict:
-    """Loss and accuracy of `state` over every example of `split` (keys prefixed)."""
+  def evaluate(self, state, ev: evaluators_lib.Evaluator) -> tuple[dict, dict]:
+    """(scalars, details) of evaluator `ev` on `state`: every example of its split."""
     sums = functools.reduce(train_lib.add_metrics, (
-        self.evaluate_fn(state, chunk.arrays, chunk.index, chunk.mask)
-        for chunk in self.data.eval_chunks(split)))
-    return metrics_lib.summarize(sums, split)
+        self.evaluate_fn(state, chunk.arrays, chunk.index, chunk.mask, top_k=ev.top_k)
+        for chunk in self.data.eval_chunks(ev.split)))
+    return metrics_lib.eval_summary(sums, ev.name, ev.metrics, ev.top_k,
+                                    self.data.info.class_names)
 
-  def evaluate_all(self, state) -> dict:
-    return {k: v for split in self.eval_splits for k, v in
-            self.evaluate(state, split).items()}
+  def evaluate_due(self, state, epoch=None) -> tuple[dict, dict[str, dict]]:
+    """Scalars and {name: details} of the evaluators due after `epoch` (None: all)."""
+    scalars, details = {}, {}
+    for ev in self.evaluators:
+      if epoch is None or ev.due(epoch, self.config.num_epochs):
+        scalars_ev, details[ev.name] = self.evaluate(state, ev)
+        scalars.update(scalars_ev)
+    return scalars, details
 
 
 def schedule_args(config, per_epoch: int) -> dict:
@@ -121,11 +123,19 @@ def input_fns(config, data: data_lib.Dataset):
           augment_lib.make_augment(config.crop_padding, config.flip))
 
 
+def configured_splits(config) -> list[str]:
+  """The named splits a config gives a run (known before any data is read)."""
+  has_validation = bool(config.validation_split or config.validation_fraction)
+  return ["train", *(["validation"] if has_validation else []), "test"]
+
+
 def build_experiment(config) -> Experiment:
   """Loads the data onto the mesh and initialises the model and compiled steps."""
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(config.batch_size, mesh)
   mesh_lib.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  evaluators = evaluators_lib.from_config(config.evals, configured_splits(config))
+  evaluators_lib.check_selection(config.best_metric, evaluators)
   t0 = time.perf_counter()
   data = data_lib.load(config, mesh, root_keys(config.seed)["data"])
   load_sec = time.perf_counter() - t0
@@ -143,9 +153,11 @@ def build_experiment(config) -> Experiment:
       functools.partial(train_lib.train_steps, preprocess=preprocess, augment=augment,
                         batch_sharding=batch_sharding), donate_argnums=0)
   evaluate_fn = jax.jit(functools.partial(
-      train_lib.evaluate, preprocess=preprocess, batch_sharding=batch_sharding))
+      train_lib.evaluate, preprocess=preprocess, batch_sharding=batch_sharding),
+                        static_argnames="top_k")
   return Experiment(config, mesh, data, state, train_chunk, evaluate_fn,
-                    fingerprint(config, info), optim.make_schedule(**schedule), load_sec)
+                    fingerprint(config, info), optim.make_schedule(**schedule), load_sec,
+                    evaluators)
 
 
 def open_checkpoints(config, workdir: str) -> checkpoint_lib.Checkpoints:
@@ -185,11 +197,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   try:
     state, epoch_sums = _restore_or_init(exp, ckpts, workdir, reporter)
     reporter.write_config(config)
+    reporter.write_dataset(exp.data.info, exp.data.channel_stats)
     record = _train(exp, state, epoch_sums, ckpts, reporter, workdir)
   finally:
     ckpts.close()
-  reporter.info(f"final test accuracy: {record['test_accuracy']:.4f} "
-                f"(test loss {record['test_loss']:.4f}, step {record['step']})")
+    reporter.close()
+  for ev in exp.evaluators:
+    if f"{ev.name}_accuracy" in record:
+      reporter.info(f"final {ev.name} accuracy: {record[f'{ev.name}_accuracy']:.4f} "
+                    f"({ev.name} loss {record.get(f'{ev.name}_loss', float('nan')):.4f}, "
+                    f"step {record['step']})")
   return record
 
 
@@ -241,11 +258,14 @@ def _train(exp: Experiment, state, epoch_sums, ckpts, reporter, workdir: str) ->
           inputs = batches.take(pos, end)
           state, sums = exp.train_chunk(state, inputs.arrays, inputs.index)
           epoch_sums = train_lib.add_metrics(epoch_sums, sums)
-          if np.isnan(metrics_lib.host_value(sums["loss"])):
+          chunk_metrics = metrics_lib.summarize(sums, "train")
+          if np.isnan(chunk_metrics["train_loss"]):
             raise FloatingPointError(
                 f"NaN training loss in epoch {epoch + 1} between steps {step} and "
                 f"{step + end - pos}; lower --config.learning_rate or check the data.")
           step += end - pos
+          reporter.scalars(step, {**chunk_metrics,
+                                  "learning_rate": float(exp.schedule(step))})
           bar.update(end - pos)
           pos = end
           stopping = preemption.agreed(stop)
@@ -256,29 +276,30 @@ def _train(exp: Experiment, state, epoch_sums, ckpts, reporter, workdir: str) ->
               raise preemption.Preempted(step, stop.signum)
       train_time = time.perf_counter() - t0
       t1 = time.perf_counter()
-      evals = exp.evaluate_all(state)
+      evals, details = exp.evaluate_due(state, epoch + 1)
       eval_time = time.perf_counter() - t1
+      evaluated = sum(info.splits[ev.split] for ev in exp.evaluators if ev.name in details)
       record = {
           "epoch": epoch + 1, "step": step,
           **metrics_lib.summarize(epoch_sums, "train"), **evals,
           "images_per_sec": (pos - first_pos) * config.batch_size / train_time,
-          "eval_images_per_sec": sum(info.splits[s] for s in exp.eval_splits) / eval_time,
+          "eval_images_per_sec": evaluated / eval_time,
           "data_wait_sec": batches.wait_sec,
           "learning_rate": float(exp.schedule(step)),
           "epoch_time_sec": train_time + eval_time,
       }
       # The record goes first: if the save below is cut short, the resumed run
       # drops it (it is past the checkpoint) and redoes the epoch.
-      reporter.epoch(record)
+      reporter.epoch(record, details)
       epoch_sums = train_lib.zero_metrics()
-      save(metrics=evals)
+      save(metrics=evals if config.best_metric in evals else None)
       if preemption.agreed(stop):
         ckpts.wait()
         raise preemption.Preempted(step, stop.signum)
 
   if record is None:  # Nothing left to train: report the restored state.
     previous = report_lib.read_metrics(workdir)
-    record = {**(previous[-1] if previous else {}), **exp.evaluate_all(state),
+    record = {**(previous[-1] if previous else {}), **exp.evaluate_due(state)[0],
               "step": step}
     reporter.info("training already complete; evaluated the latest checkpoint")
   return record
@@ -295,31 +316,28 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def evaluate_checkpoint(workdir: str, step: str = "latest") -> dict:
-  """Evaluates the checkpoint `step` ('latest', 'best' or a number) of a run's workdir."""
+  """Runs every evaluator of a run on its checkpoint `step` ('latest', 'best', 'N').
+
+  The step is checked before any data is loaded. The evaluation is the one the run
+  logged: the same data, batches and compiled function, so it gives the same numbers.
+  """
   workdir = os.path.abspath(workdir)
   config = load_config(workdir)
-  exp = build_experiment(config)
   ckpts = open_checkpoints(config, workdir)
   try:
-    steps = ckpts.all_steps()
-    if not steps:
-      raise checkpoint_lib.CheckpointError(f"No checkpoints in {ckpts.directory}.")
+    chosen = ckpts.resolve(step)
+    exp = build_experiment(config)
     if step == "latest":
       check = lambda meta: check_fingerprint(meta["fingerprint"], exp.fingerprint, workdir)
       state, _, chosen, skipped = ckpts.restore_newest_good(exp.state, check_meta=check)
       for bad, reason in skipped:
         print(f"checkpoint step {bad} is damaged ({reason}); skipped it")
     else:
-      chosen = ckpts.best_step() if step == "best" else int(step)
-      if chosen not in steps:
-        raise checkpoint_lib.CheckpointError(
-            f"No checkpoint step {step} in {ckpts.directory}; it has steps "
-            f"{', '.join(map(str, steps))} (or use --step latest or best).")
       state, _ = ckpts.restore(chosen, exp.state)
   finally:
     ckpts.close()
-  record = {"step": chosen, **exp.evaluate_all(state)}
+  record = {"step": chosen, **exp.evaluate_due(state)[0]}
   if jax.process_index() == 0:
-    print(f"checkpoint step {chosen}: test accuracy {record['test_accuracy']:.4f}, "
-          f"test loss {record['test_loss']:.4f}", flush=True)
+    print(f"checkpoint step {chosen}: " + report_lib.accuracy_summary(record, exp.evaluators),
+          flush=True)
   return record

@@ -80,14 +80,26 @@ def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
   return new_state, _sums(logits, batch["label"], losses, mask)
 
 
-def eval_step(state: TrainState, batch: Batch) -> Metrics:
-  """Metric sums over the examples of `batch` whose `mask` is True."""
+def eval_step(state: TrainState, batch: Batch, top_k: int = 5) -> Metrics:
+  """Metric sums over the examples of `batch` whose `mask` is True.
+
+  Besides loss, correct (top-1) and count: `correct_top_k` (the label among the
+  `top_k` highest logits; k at most the number of classes) and `confusion`, counts
+  [true class, predicted class].
+  """
   variables = {"params": state.params}
   if state.batch_stats is not None:
     variables["batch_stats"] = state.batch_stats
   logits = state.apply_fn(variables, batch["image"], train=False)
-  losses = cross_entropy(logits, batch["label"])
-  return _sums(logits, batch["label"], losses, batch["mask"])
+  labels, mask = batch["label"], batch["mask"]
+  sums = _sums(logits, labels, cross_entropy(logits, labels), mask)
+  num_classes = logits.shape[-1]
+  _, top = jax.lax.top_k(logits, min(top_k, num_classes))
+  in_top = jnp.any(top == labels[:, None], axis=-1) & mask
+  sums["correct_top_k"] = jnp.sum(in_top).astype(jnp.float32)
+  sums["confusion"] = jnp.zeros((num_classes, num_classes), jnp.float32).at[
+      labels, jnp.argmax(logits, -1)].add(mask.astype(jnp.float32))
+  return sums
 
 
 def zero_metrics() -> Metrics:
@@ -136,17 +148,21 @@ def train_steps(state: TrainState, arrays: Batch, index: jax.Array, *,
 
 
 def evaluate(state: TrainState, arrays: Batch, index: jax.Array, mask: jax.Array, *,
-             preprocess: Callable, batch_sharding=None) -> Metrics:
+             preprocess: Callable, batch_sharding=None, top_k: int = 5) -> Metrics:
   """Metric sums of `eval_step` over the batches of `index` whose `mask` is True.
 
   `arrays` and `index` as in `train_steps`; `mask` bool [steps, batch]. Images go
   through `preprocess` only: evaluation is never augmented.
   """
-  def body(sums, xs):
-    rows, valid = xs
+  def step(rows, valid):
     batch = _gather(arrays, rows, batch_sharding)
     batch = {"image": preprocess(batch["image"]), "label": batch["label"], "mask": valid}
-    return add_metrics(sums, eval_step(state, batch)), None
+    return eval_step(state, batch, top_k)
 
-  sums, _ = jax.lax.scan(body, zero_metrics(), (index, mask))
+  def body(sums, xs):
+    return add_metrics(sums, step(*xs)), None
+
+  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
+                       jax.eval_shape(step, index[0], mask[0]))
+  sums, _ = jax.lax.scan(body, zeros, (index, mask))
   return sums

@@ -57,10 +57,21 @@ def get_config() -> ml_collections.ConfigDict:
   # Training steps run per dispatch to the device (lax.scan); also the progress bar's tick.
   config.steps_per_dispatch = 50
 
+  # Evaluators (cnn_jax/evaluators.py): a named split, every N epochs (and after the
+  # last), metrics among loss, accuracy, top_k, per_class (precision/recall/F1, macro
+  # F1) and confusion (kept in evals/<name>/<step>.json). Their scalars go into the
+  # epoch records as <name>_loss, <name>_accuracy, <name>_top<k>_accuracy, ...
+  config.evals = ml_collections.ConfigDict()
+  config.evals.test = dict(split="test", every_epochs=1, top_k=5,
+                           metrics=("loss", "accuracy", "top_k", "per_class", "confusion"))
+
   # Also save every N steps inside an epoch (0: at epoch ends only).
   config.checkpoint_every_steps = 0
   config.keep_checkpoints = 2
-  config.keep_best_checkpoints = 1
-  config.best_metric = "test_accuracy"
+  # Selection: keep the best keep_best_checkpoints by best_metric, a metric of an
+  # evaluator of a split other than test (e.g. "validation_accuracy"). The tutorial
+  # trains on all of train and reports test, so it keeps the latest checkpoints only.
+  config.keep_best_checkpoints = 0
+  config.best_metric = ""
   config.best_mode = "max"
   return config

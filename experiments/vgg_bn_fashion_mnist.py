@@ -32,5 +32,9 @@ def get_config():
   config.num_epochs = 15
   config.learning_rate = 1e-3
   config.lr_schedule = "cosine"
-  config.steps_per_dispatch = 39  # 468 steps per epoch = 12 dispatches of 39.
+  # 10% of train (6,000, stratified) held out: selection reads validation only.
+  config.validation_fraction = 0.1
+  config.keep_best_checkpoints = 1
+  config.best_metric = "validation_accuracy"
+  config.steps_per_dispatch = 30  # 421 steps per epoch: dispatches of 30, then 1.
   return config

@@ -27,3 +27,21 @@ def seed_config(data_dir):
   config.data_dir = data_dir
   config.num_epochs = 1
   return config
+
+
+@pytest.fixture(scope="session")
+def trained_run(data_dir, tmp_path_factory):
+  """A finished 2-epoch run with a 10% validation hold-out, selecting on validation:
+  (config, workdir, records)."""
+  from cnn_jax import report, run
+  from experiments import seed_cnn
+  config = seed_cnn.get_config()
+  config.data_dir = data_dir
+  config.train_split = "train[:2000]"
+  config.num_epochs = 2
+  config.validation_fraction = 0.1
+  config.best_metric = "validation_accuracy"
+  config.keep_best_checkpoints = 1
+  workdir = str(tmp_path_factory.mktemp("trained") / "run")
+  run.train_and_evaluate(config, workdir)
+  return config, workdir, report.read_metrics(workdir)

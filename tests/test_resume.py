@@ -152,10 +152,11 @@ def test_signal_saves_stops_and_resumes_exactly(uninterrupted, data_dir, tmp_pat
 def test_latest_and_best_are_both_kept_when_the_final_metric_is_poor(tmp_path):
   from tests.test_checkpoint import trained_state
   state = trained_state()
-  ckpts = checkpoint.Checkpoints(str(tmp_path / "c"), keep_latest=2, keep_best=1)
+  ckpts = checkpoint.Checkpoints(str(tmp_path / "c"), keep_latest=2, keep_best=1,
+                                 best_metric="validation_accuracy")
   for step, acc in [(10, 0.5), (20, 0.9), (25, None), (30, 0.6), (40, 0.3)]:
     ckpts.save(step, state, meta={"step": step},
-               metrics=None if acc is None else {"test_accuracy": acc})
+               metrics=None if acc is None else {"validation_accuracy": acc})
     ckpts.wait()
   assert ckpts.all_steps() == [20, 30, 40]
   assert ckpts.best_step() == 20 and ckpts.latest_step() == 40
@@ -282,13 +283,17 @@ def test_unwritable_workdir_fails_before_training(seed_config, tmp_path):
 def test_eval_command_evaluates_latest_best_and_numbered_steps(one_epoch, capsys):
   _, workdir, record = one_epoch
   latest = run.evaluate_checkpoint(workdir, "latest")
-  assert latest == {"step": 125, "test_loss": record["test_loss"],
-                    "test_accuracy": record["test_accuracy"]}
-  assert run.evaluate_checkpoint(workdir, "best")["step"] == 125
+  assert latest == {k: record[k] for k in latest}  # Exactly the logged numbers.
+  assert latest["step"] == 125 and "test_top5_accuracy" in latest
+  # The tutorial keeps the latest checkpoints only: there is no "best" to choose.
+  with pytest.raises(checkpoint.CheckpointError, match="keeps no best checkpoint"):
+    run.evaluate_checkpoint(workdir, "best")
   assert run.evaluate_checkpoint(workdir, "100")["step"] == 100
   assert "checkpoint step 100: test accuracy" in capsys.readouterr().out
   with pytest.raises(checkpoint.CheckpointError, match="No checkpoint step 7 .* 100, 125"):
     run.evaluate_checkpoint(workdir, "7")
+  with pytest.raises(checkpoint.CheckpointError, match="No checkpoint step foo"):
+    run.evaluate_checkpoint(workdir, "foo")  # Refused before any data is loaded.
 
 
 # 640 training images, batch 64: 10 steps per epoch.

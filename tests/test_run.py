@@ -115,4 +115,5 @@ def test_training_and_eval_need_no_tensorflow(data_dir, tmp_path):
     out = subprocess.run([sys.executable, "-c", NO_TENSORFLOW, *args], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-  assert "checkpoint step 112: test accuracy 0.9" in out.stdout
+  assert "checkpoint step 112: validation accuracy 0.9" in out.stdout
+  assert "; test accuracy 0.9" in out.stdout

@@ -14,7 +14,7 @@ import sys
 import types
 
 from cnn_jax.data.tfds_base import (ARRAY_RECORD, DatasetError, default_data_dir,
-                                    new_or_prepared, tensorflow)
+                                    download_and_prepare, new_or_prepared, tensorflow)
 
 # Host TFDS downloads from; probed before a download so an offline machine fails fast
 # (TFDS itself retries for minutes before giving up).
@@ -103,7 +103,7 @@ def get_builder(name: str, data_dir: str | None, folder_options=None):
   if name in OFFLINE_BUILDERS:
     builder = new_or_prepared(functools.partial(OFFLINE_BUILDERS[name], data_dir=data_dir))
     if not builder.is_prepared():
-      builder.download_and_prepare()
+      download_and_prepare(builder)
     return builder
   try:
     builder = new_or_prepared(functools.partial(tfds.builder, name, data_dir=data_dir))
@@ -118,7 +118,7 @@ def get_builder(name: str, data_dir: str | None, folder_options=None):
         f"Dataset {name!r} is not prepared in {builder.data_dir_root} and cannot be "
         "downloaded: no network. Datasets that work offline here: "
         f"{', '.join(offline_datasets(data_dir))}. {_offline_fix(name, data_dir)}")
-  builder.download_and_prepare()
+  download_and_prepare(builder)
   return builder
 
 

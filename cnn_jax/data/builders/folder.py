@@ -23,8 +23,8 @@ import re
 
 import tensorflow_datasets as tfds
 
-from cnn_jax.data.tfds_base import (DatasetError, default_data_dir, new_or_prepared,
-                                    tensorflow)
+from cnn_jax.data.tfds_base import (DatasetError, default_data_dir, download_and_prepare,
+                                    new_or_prepared, tensorflow)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 BAD_IMAGE_MODES = ("skip", "error")
@@ -285,8 +285,8 @@ def get_builder(root: str, data_dir: str | None, options: FolderOptions):
   if scan.ignored:
     print(f"Ignoring {len(scan.ignored)} file(s) without an image extension "
           f"({'/'.join(IMAGE_EXTENSIONS)}), e.g. {scan.ignored[0]}.")
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  download_and_prepare(
+      builder, download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   skipped = builder.skipped["train"] + builder.skipped["test"]
   if skipped:
     print(f"Skipped {len(skipped)} unreadable image file(s) of {scan.root} "

@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
-from cnn_jax.data.tfds_base import ARRAY_RECORD, DatasetError
+from cnn_jax.data.tfds_base import ARRAY_RECORD, DatasetError, download_and_prepare
 
 # The names TFDS's stock builders download, which the upstream sites and Debian use too.
 FILES = {
@@ -187,8 +187,8 @@ def prepare(name: str, from_dir: str, data_dir: str | None):
     builder.counts = {
         split: (len(contents[f"{split}_labels"]) - 8) for split in ("train", "test")}
     del contents
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    download_and_prepare(
+        builder, download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   print(f"Prepared {name} {builder.version} in {builder.data_dir} from {from_dir}: "
         f"{builder.counts['train']} train, {builder.counts['test']} test examples.")
   return tfds.builder(name, data_dir=data_dir)

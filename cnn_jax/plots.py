@@ -1,0 +1,161 @@
+"""`./run.sh report --workdir W [W ...] [--out DIR]`: figures and a comparison table.
+
+For each run: curves.png (loss and accuracy per epoch: train and every evaluator),
+confusion.png (the confusion matrix of the last test evaluation, with class names) and
+misclassified.png (test images the selected checkpoint gets wrong, with true and
+predicted labels and confidence). report.md compares the runs: validation and test
+accuracy at the checkpoint each run's selection rule picks.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from cnn_jax import report as report_lib
+
+GRID = 5  # misclassified.png shows up to GRID x GRID images.
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def selected_record(workdir: str) -> tuple[dict, str]:
+  """(the epoch record of the checkpoint the run selects, the rule), from its logs."""
+  config = report_lib.read_json(workdir, report_lib.CONFIG_FILE)
+  records = report_lib.read_metrics(workdir)
+  if not records:
+    raise ValueError(f"{workdir} has no metrics.jsonl records: not a trained run.")
+  metric = config.get("best_metric") or ""
+  if metric and config.get("keep_best_checkpoints") and any(metric in r for r in records):
+    sign = 1 if config.get("best_mode", "max") == "max" else -1
+    best = max((r for r in records if metric in r), key=lambda r: sign * r[metric])
+    return best, f"best {metric}"
+  return records[-1], "latest"
+
+
+def plot_curves(workdir: str, path: str) -> None:
+  plt = _pyplot()
+  records = report_lib.read_metrics(workdir)
+  names = ["train"] + sorted({k[:-len("_accuracy")] for r in records for k in r
+                              if k.endswith("_accuracy") and k.count("_") == 1
+                              and not k.startswith("train")})
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for ax, what in zip(axes, ("loss", "accuracy")):
+    for name in names:
+      points = [(r["epoch"], r[f"{name}_{what}"]) for r in records if f"{name}_{what}" in r]
+      if points:
+        ax.plot(*zip(*points), marker="o", label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(what)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.suptitle(os.path.basename(os.path.normpath(workdir)))
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def last_evaluation(workdir: str, name: str = "test") -> dict | None:
+  """The newest evals/<name>/<step>.json of a run, or None."""
+  directory = os.path.join(workdir, report_lib.EVALS_DIR, name)
+  if not os.path.isdir(directory):
+    return None
+  steps = sorted(int(f[:-5]) for f in os.listdir(directory) if f.endswith(".json"))
+  if not steps:
+    return None
+  with open(os.path.join(directory, f"{steps[-1]}.json")) as f:
+    return json.load(f)
+
+
+def plot_confusion(evaluation: dict, path: str) -> None:
+  plt = _pyplot()
+  matrix = np.asarray(evaluation["confusion"])
+  names = evaluation["class_names"]
+  size = max(5, 0.55 * len(names))
+  fig, ax = plt.subplots(figsize=(size + 1.5, size))
+  image = ax.imshow(matrix, cmap="Blues")
+  ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+  ax.set_yticks(range(len(names)), names)
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  if len(names) <= 20:
+    for (i, j), v in np.ndenumerate(matrix):
+      ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
+              color="white" if v > matrix.max() / 2 else "black")
+  fig.colorbar(image, ax=ax)
+  ax.set_title(f"confusion matrix, step {evaluation['step']} ({evaluation['count']} images)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def misclassified(workdir: str, step: int, limit: int = GRID * GRID):
+  """Up to `limit` test images checkpoint `step` gets wrong: (image, true, predicted,
+  confidence), in split order; also the number wrong and the number seen."""
+  from cnn_jax import data, inference, run  # pylint: disable=g-import-not-at-top
+  predictor = inference.load(workdir, str(step))
+  config = run.load_config(workdir)
+  builder = data.source.prepared_builder(config.dataset, config.data_dir,
+                                         data.folder_options(config))
+  images, labels = data.read_split(builder, config.test_split)
+  wrong, found = 0, []
+  for start in range(0, len(labels), 1000):
+    probs = predictor.probabilities(images[start:start + 1000])
+    predicted = probs.argmax(-1)
+    for i in np.nonzero(predicted != labels[start:start + 1000])[0]:
+      wrong += 1
+      if len(found) < limit:
+        found.append((images[start + i], predictor.class_names[labels[start + i]],
+                      predictor.class_names[predicted[i]], float(probs[i].max())))
+  return found, wrong, len(labels)
+
+
+def plot_misclassified(found, wrong: int, total: int, path: str) -> None:
+  plt = _pyplot()
+  fig, axes = plt.subplots(GRID, GRID, figsize=(2 * GRID, 2.2 * GRID))
+  for ax, item in zip(axes.ravel(), found + [None] * (GRID * GRID - len(found))):
+    ax.axis("off")
+    if item is None:
+      continue
+    image, true, predicted, confidence = item
+    ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
+    ax.set_title(f"true {true}\npred {predicted} ({confidence:.2f})", fontsize=8)
+  fig.suptitle(f"{wrong} of {total} test images misclassified (first {len(found)} shown)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def report_command(workdirs, out_dir: str | None = None) -> str:
+  """Writes the figures of each run and report.md into `out_dir`; returns its path."""
+  if not workdirs:
+    raise ValueError("report needs --workdir W [W ...].")
+  workdirs = [os.path.abspath(w) for w in workdirs]
+  out_dir = os.path.abspath(out_dir or os.path.join(workdirs[0], "report"))
+  os.makedirs(out_dir, exist_ok=True)
+  rows = ["| run | model | dataset | epochs | selection | step | validation accuracy | "
+          "test accuracy |", "|---|---|---|---|---|---|---|---|"]
+  for workdir in workdirs:
+    name = os.path.basename(os.path.normpath(workdir))
+    prefix = os.path.join(out_dir, f"{name}_" if len(workdirs) > 1 else "")
+    record, rule = selected_record(workdir)
+    config = report_lib.read_json(workdir, report_lib.CONFIG_FILE)
+    plot_curves(workdir, prefix + "curves.png")
+    evaluation = last_evaluation(workdir)
+    if evaluation and "confusion" in evaluation:
+      plot_confusion(evaluation, prefix + "confusion.png")
+    plot_misclassified(*misclassified(workdir, record["step"]), prefix + "misclassified.png")
+    fmt = lambda k: f"{record[k]:.4f}" if k in record else "-"
+    rows.append(f"| {name} | {config['model']} | {config['dataset']} | {record['epoch']} | "
+                f"{rule} | {record['step']} | {fmt('validation_accuracy')} | "
+                f"{fmt('test_accuracy')} |")
+  with open(os.path.join(out_dir, "report.md"), "w") as f:
+    f.write("\n".join(rows) + "\n")
+  print("\n".join(rows))
+  print(f"wrote the figures and report.md to {out_dir}")
+  return out_dir

@@ -1,0 +1,75 @@
+"""What a run shows: TensorBoard events, evaluation details, figures and the report
+table, and a console free of TensorFlow, TFDS and absl lines."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cnn_jax import plots, report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_tensorboard_events_hold_the_run_scalars(trained_run):
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  _, workdir, records = trained_run
+  events = event_accumulator.EventAccumulator(
+      os.path.join(workdir, report.TENSORBOARD_DIR), size_guidance={"scalars": 0})
+  events.Reload()
+  tags = set(events.Tags()["scalars"])
+  assert {"train/loss", "train/accuracy", "learning_rate", "validation/accuracy",
+          "test/accuracy", "test/top5_accuracy", "test/macro_f1",
+          "speed/images_per_sec"} <= tags
+  # Training scalars after every dispatch (50 steps), not only per epoch.
+  assert [e.step for e in events.Scalars("train/loss")] == [50, 56, 106, 112]
+  test = {e.step: e.value for e in events.Scalars("test/accuracy")}
+  assert test == {r["step"]: pytest.approx(r["test_accuracy"]) for r in records}
+  assert "config" in " ".join(events.Tags()["tensors"])  # The config as text.
+
+
+def test_each_evaluation_keeps_its_confusion_matrix(trained_run):
+  _, workdir, records = trained_run
+  for name in ("validation", "test"):
+    with open(os.path.join(workdir, "evals", name, f"{records[-1]['step']}.json")) as f:
+      detail = json.load(f)
+    matrix = detail["confusion"]
+    assert len(matrix) == 10 and detail["class_names"] == [str(i) for i in range(10)]
+    correct = sum(matrix[i][i] for i in range(10))
+    assert correct / detail["count"] == pytest.approx(records[-1][f"{name}_accuracy"])
+  assert sum(map(sum, matrix)) == 1000
+
+
+def test_report_writes_figures_and_a_table(trained_run, tmp_path):
+  _, workdir, records = trained_run
+  out = plots.report_command([workdir, workdir], str(tmp_path / "report"))
+  files = sorted(os.listdir(out))
+  assert files == ["report.md", "run_confusion.png", "run_curves.png",
+                   "run_misclassified.png"]
+  for f in files[1:]:
+    with open(os.path.join(out, f), "rb") as fh:
+      assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+  best = max(records, key=lambda r: r["validation_accuracy"])
+  table = open(os.path.join(out, "report.md")).read()
+  assert (f"| best validation_accuracy | {best['step']} | "
+          f"{best['validation_accuracy']:.4f} | {best['test_accuracy']:.4f} |") in table
+  found, wrong, total = plots.misclassified(workdir, best["step"], limit=3)
+  assert total == 1000 and wrong == round((1 - best["test_accuracy"]) * 1000)
+  assert len(found) == 3 and all(t != p for _, t, p, _ in found)
+
+
+def test_the_console_has_only_our_lines(tmp_path):
+  # A fresh data_dir: the embedded dataset is prepared (TensorFlow, TFDS) in this run.
+  out = subprocess.run(
+      [sys.executable, "-m", "cnn_jax.main", "train", "--config", "experiments/seed_cnn.py",
+       "--workdir", str(tmp_path / "run"), f"--config.data_dir={tmp_path / 'tfds'}",
+       "--config.num_epochs=1", "--config.train_split=train[:640]"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stderr == ""
+  lines = out.stdout.splitlines()
+  assert lines[0].startswith("Preparing mnist_5k 1.0.0 in ")
+  ours = ("Preparing ", "Cached the decoded ", "seed_cnn on mnist_5k", "epoch ", "final ")
+  assert all(line.startswith(ours) for line in lines), lines
