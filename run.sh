@@ -4,32 +4,36 @@
 #   ./run.sh                 train the tutorial model on the embedded dataset
 #   ./run.sh test [ARGS]     run the test suite (pytest ARGS)
 #   ./run.sh bench [ARGS]    speed benchmark against Keras
-#   ./run.sh train|eval|prepare ARGS   the experiment runner (see README.md)
+#   ./run.sh train|eval|report|predict|export|prepare ARGS   the experiment runner
+# Paths given on the command line are read from the folder you run it in.
 set -euo pipefail
-cd "$(dirname "$0")"
+root="$(cd "$(dirname "$0")" && pwd)"
 
-venv=.venv
-stamp="$venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
+venv="$root/.venv"
+stamp="$venv/.installed-$(sha1sum "$root/pyproject.toml" | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
   python=${PYTHON:-$(command -v python3.11 || command -v python3)}
   echo "run.sh: installing into $venv with $python (first use or pyproject.toml changed)" >&2
   [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --upgrade pip
-  "$venv/bin/python" -m pip install --quiet -e ".[test]"
+  (cd "$root" && "$venv/bin/python" -m pip install --quiet -e ".[test]")
   rm -f "$venv"/.installed-*
   touch "$stamp"
 fi
 py="$venv/bin/python"
+# Experiment configs import their base (`from experiments import seed_cnn`).
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
   "")
-    exec "$py" -m cnn_jax.main train --config experiments/seed_cnn.py --workdir runs/seed_cnn "$@" ;;
+    exec "$py" -m cnn_jax.main train --config "$root/experiments/seed_cnn.py" \
+      --workdir "$root/runs/seed_cnn" "$@" ;;
   test)
-    exec "$py" -m pytest "$@" ;;
+    cd "$root" && exec "$py" -m pytest "$@" ;;
   bench)
-    exec "$py" -m cnn_jax.bench "$@" ;;
+    cd "$root" && exec "$py" -m cnn_jax.bench "$@" ;;
   *)
     exec "$py" -m cnn_jax.main "$cmd" "$@" ;;
 esac

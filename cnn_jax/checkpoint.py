@@ -1,13 +1,20 @@
 """Orbax checkpoints of a run: TrainState plus JSON metadata, latest N and best K kept."""
 
+import contextlib
+import json
 import os
 import shutil
 import time
+import zlib
 
 import jax
 import orbax.checkpoint as ocp
 
-from cnn_jax.errors import Error
+from cnn_jax.errors import ConfigError, Error
+
+
+# In each complete step folder: the size and CRC-32 of its files, to detect silent damage.
+CHECKSUM_FILE = "cnn_jax_checksums.json"
 
 
 class CheckpointError(Error, RuntimeError):
@@ -33,7 +40,7 @@ class Checkpoints:
   def __init__(self, directory: str, keep_latest: int = 2, keep_best: int = 1,
                best_metric: str = "", best_mode: str = "max"):
     if best_mode not in ("max", "min"):
-      raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}.")
+      raise ConfigError(f"best_mode must be 'max' or 'min', got {best_mode!r}.")
     self.directory = os.path.abspath(directory)
     policies = [ocp.checkpoint_managers.LatestN(n=keep_latest)]
     best = {}
@@ -50,6 +57,8 @@ class Checkpoints:
         # Leftovers of a save cut short are garbage: all_steps() ignores them anyway.
         cleanup_tmp_directories=True)
     self.keeps_best = bool(best)
+    self.broken = False  # A save failed: no more saves, nothing to wait for.
+    self._in_flight = None  # The step of the last save started.
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=("state", "meta"))
 
@@ -88,12 +97,47 @@ class Checkpoints:
     return int(step)
 
   def save(self, step: int, state, meta: dict, metrics: dict | None = None) -> None:
-    """Starts an asynchronous save of `state` and `meta` at `step`."""
-    self._manager.save(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                meta=ocp.args.JsonSave(meta)),
-        metrics=metrics)
+    """Starts an asynchronous save of `state` and `meta` at `step`.
+
+    Raises:
+      CheckpointError: this save, or the one before it, failed (disk full, folder not
+        writable); the earlier complete checkpoints are left as they were.
+    """
+    with self._failure(step):
+      self._finish_in_flight()
+      self._manager.save(
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  meta=ocp.args.JsonSave(meta)),
+          metrics=metrics)
+    self._in_flight = step
+
+  def _finish_in_flight(self) -> None:
+    """Waits for the save in flight, then records its checksums."""
+    self._manager.wait_until_finished()
+    if self._in_flight is not None:
+      self.write_checksums(self._in_flight)
+      self._in_flight = None
+
+  @contextlib.contextmanager
+  def _failure(self, step):
+    """Turns a failed save (this one, or the asynchronous one before it, whose error
+    surfaces here) into a CheckpointError naming it."""
+    if self.broken:
+      raise CheckpointError(f"An earlier save in {self.directory} failed; not saving.")
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax raises OSError, ValueError or bare Exception from its writer threads.
+      self.broken = True
+      failed = sorted({s for s in (self._in_flight, step) if s is not None})
+      complete = [s for s in self._manager.all_steps() if s not in failed]
+      raise CheckpointError(
+          f"Saving checkpoint step {' or '.join(map(str, failed))} in {self.directory} "
+          f"failed ({_reason(e)}). "
+          f"The complete checkpoints ({', '.join(map(str, complete)) or 'none'}) are "
+          "unchanged; free space or fix the folder, then run the same command again to "
+          "resume from the newest.") from e
 
   def restore_meta(self, step: int) -> dict:
     """The JSON metadata of `step` alone (cheap: no arrays are read)."""
@@ -128,10 +172,16 @@ class Checkpoints:
     """
     skipped = []
     for step in reversed(self.all_steps()):
+      # Every process reaches the same verdict on every step (else they would part
+      # ways: one restoring, one moving the step aside), so each is agreed on.
+      reason = None
       try:
+        self.verify(step)
         meta = self.restore_meta(step)
       except Exception as e:  # pylint: disable=broad-except
-        skipped.append((step, _reason(e)))
+        reason = _reason(e)
+      if not _all_processes(reason is None):
+        skipped.append((step, reason or "damaged in another process"))
         continue
       if check_meta is not None:
         check_meta(meta)
@@ -139,7 +189,9 @@ class Checkpoints:
         state, meta = self.restore(step, target)
       except Exception as e:  # pylint: disable=broad-except
         # Orbax raises ValueError, FileNotFoundError or bare Exception for damage.
-        skipped.append((step, _reason(e)))
+        reason = _reason(e)
+      if not _all_processes(reason is None):
+        skipped.append((step, reason or "damaged in another process"))
         continue
       return state, meta, step, skipped
     if skipped:
@@ -148,6 +200,37 @@ class Checkpoints:
           "; ".join(f"step {s}: {r}" for s, r in skipped) +
           ". Move the directory away to start over.")
     return None, None, None, skipped
+
+  def write_checksums(self, step: int) -> None:
+    """Records the size and CRC-32 of every file of a complete step (process 0)."""
+    directory = os.path.join(self.directory, str(step))
+    if jax.process_index() != 0 or not os.path.isdir(directory):
+      return
+    sums = {rel: _crc(os.path.join(directory, rel)) for rel in _files(directory)
+            if rel != CHECKSUM_FILE}
+    tmp = os.path.join(directory, CHECKSUM_FILE + ".tmp")
+    with open(tmp, "w") as f:
+      json.dump(sums, f)
+    os.replace(tmp, os.path.join(directory, CHECKSUM_FILE))
+
+  def verify(self, step: int) -> None:
+    """Raises CheckpointError when a file of `step` differs from when it was saved.
+
+    Steps without a checksum file (saved before checksums, or cut short between the
+    save and the checksums) are not checked.
+    """
+    directory = os.path.join(self.directory, str(step))
+    path = os.path.join(directory, CHECKSUM_FILE)
+    if not os.path.exists(path):
+      return
+    with open(path) as f:
+      expected = json.load(f)
+    for rel, (size, crc) in expected.items():
+      full = os.path.join(directory, rel)
+      if not os.path.exists(full):
+        raise CheckpointError(f"file {rel} is missing")
+      if list(_crc(full)) != [size, crc]:
+        raise CheckpointError(f"file {rel} changed since it was saved (checksum)")
 
   def set_aside(self, step: int) -> str:
     """Moves a damaged step out of the way of new saves; returns where it went.
@@ -165,11 +248,41 @@ class Checkpoints:
     return target
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Waits for the asynchronous save in flight (CheckpointError if it failed)."""
+    with self._failure(None):
+      self._finish_in_flight()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    """Finishes the save in flight and closes. After a failed save, Orbax's writer
+    threads can wait forever for it: they are left alone (the command line exits
+    without joining them)."""
+    if self.broken:
+      return
+    self.wait()
     self._manager.close()
+
+
+def _files(directory: str) -> list[str]:
+  return sorted(os.path.relpath(os.path.join(d, f), directory)
+                for d, _, files in os.walk(directory) for f in files)
+
+
+def _crc(path: str) -> tuple[int, int]:
+  """(size, CRC-32) of a file, read in 1 MiB blocks."""
+  crc, size = 0, 0
+  with open(path, "rb") as f:
+    while block := f.read(1 << 20):
+      crc, size = zlib.crc32(block, crc), size + len(block)
+  return size, crc
+
+
+def _all_processes(ok: bool) -> bool:
+  """Whether `ok` holds in every process of the job (a collective when several)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return bool(np.asarray(multihost_utils.process_allgather(np.int32(ok))).all())
 
 
 def _reason(error: Exception) -> str:

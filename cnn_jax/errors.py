@@ -8,3 +8,11 @@ class Error(Exception):
 
 class ConfigError(Error, ValueError):
   """A config that cannot work, naming the field, its value and what is allowed."""
+
+
+class WorkdirError(Error, PermissionError):
+  """A workdir that cannot be used: not writable, or held by another run."""
+
+
+class DivergenceError(Error, FloatingPointError):
+  """Training diverged (NaN, inf, or a loss far above its start): the run stopped."""

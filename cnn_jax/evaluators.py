@@ -12,7 +12,6 @@ and never one of an evaluator of the test split: `check_selection`.
 
 import dataclasses
 
-from cnn_jax.data import DatasetError
 from cnn_jax.errors import ConfigError
 
 METRICS = ("loss", "accuracy", "top_k", "per_class", "confusion")
@@ -58,7 +57,7 @@ def from_config(evals, splits) -> list[Evaluator]:
                         "fields: split, every_epochs, metrics, top_k.")
     ev = Evaluator(name=name, **{**spec, "metrics": tuple(spec.get("metrics", METRICS))})
     if ev.split not in splits:
-      raise DatasetError(
+      raise ConfigError(
           f"config.evals.{name}.split={ev.split!r} is not a split of this run; it has "
           f"{', '.join(splits)} (a validation split needs --config.validation_fraction "
           "or --config.validation_split).")

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 
 from cnn_jax import inference
+from cnn_jax.errors import ConfigError
 
 FORMATS = ("stablehlo", "savedmodel")
 STABLEHLO_FILE = "model.stablehlo"
@@ -61,12 +62,12 @@ def export_savedmodel(predictor: inference.Predictor, out_dir: str) -> str:
 def export_command(workdir: str, step: str, fmt: str, out_dir: str | None) -> str:
   """Exports checkpoint `step` of a run in `fmt` into `out_dir`; returns the path."""
   if fmt not in FORMATS:
-    raise ValueError(f"--format={fmt!r}: use one of {', '.join(FORMATS)}.")
+    raise ConfigError(f"--format={fmt!r}: use one of {', '.join(FORMATS)}.")
   if not out_dir:
-    raise ValueError("export needs --out DIR (a new or empty directory).")
+    raise ConfigError("export needs --out DIR (a new or empty directory).")
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir) and os.listdir(out_dir):
-    raise ValueError(f"--out {out_dir} is not empty; give a new or empty directory.")
+    raise ConfigError(f"--out {out_dir} is not empty; give a new or empty directory.")
   predictor = inference.load(workdir, step)
   os.makedirs(out_dir, exist_ok=True)
   path = (export_stablehlo if fmt == "stablehlo" else export_savedmodel)(predictor, out_dir)

@@ -8,6 +8,8 @@ import sys
 import threading
 import time
 
+from cnn_jax.errors import ConfigError
+
 # Environment variables by which cluster launchers announce a multi-process job that
 # jax.distributed.initialize() detects by itself.
 _CLUSTER_ENV = {"SLURM_NTASKS": "Slurm", "OMPI_COMM_WORLD_SIZE": "Open MPI",
@@ -35,7 +37,7 @@ def initialize(coordinator: str | None, num_processes: int | None,
   explicit = [coordinator, num_processes, process_id]
   if any(v is not None for v in explicit):
     if any(v is None for v in explicit):
-      raise ValueError("--coordinator, --num_processes and --process_id go together; "
+      raise ConfigError("--coordinator, --num_processes and --process_id go together; "
                        f"got {coordinator!r}, {num_processes!r}, {process_id!r}.")
     if num_processes == 1:
       return
@@ -54,24 +56,61 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+def local_gpus() -> list[str]:
+  """This host's GPUs as CUDA_VISIBLE_DEVICES entries ([] when there are none).
+
+  Read from CUDA_VISIBLE_DEVICES when set, else from `nvidia-smi --list-gpus`; JAX is
+  not started here, so the launcher never takes accelerator memory.
+  """
+  visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+  if visible is not None:
+    return [d.strip() for d in visible.split(",") if d.strip()]
+  try:
+    out = subprocess.run(["nvidia-smi", "--list-gpus"], capture_output=True, text=True,
+                         timeout=30, check=False).stdout
+  except (OSError, subprocess.TimeoutExpired):
+    return []
+  return [str(i) for i, line in enumerate(l for l in out.splitlines()
+                                          if l.startswith("GPU "))]
+
+
+def split_devices(devices: list[str], num_processes: int) -> list[str | None]:
+  """Each child's CUDA_VISIBLE_DEVICES: an equal, disjoint share of `devices` (None
+  for every child when there are no GPUs)."""
+  if not devices:
+    return [None] * num_processes
+  if len(devices) % num_processes:
+    raise ConfigError(f"--local_processes={num_processes} cannot share this host's "
+                      f"{len(devices)} GPUs ({','.join(devices)}) equally; use a divisor "
+                      f"of {len(devices)}.")
+  k = len(devices) // num_processes
+  return [",".join(devices[i * k:(i + 1) * k]) for i in range(num_processes)]
+
+
 def launch_local(num_processes: int, args: list[str], timeout_s: int = 120) -> int:
   """Runs `python -m cnn_jax.main ARGS` as `num_processes` processes of one job here.
 
-  Output lines are prefixed with `[pI]`. When one process fails, the others are
-  stopped (SIGTERM, then SIGKILL); SIGTERM/SIGINT to the launcher go to every process,
-  so a preempted job saves and stops as a whole.
+  Output lines are prefixed with `[pI]`. Each process sees its own share of the
+  host's GPUs (CUDA_VISIBLE_DEVICES). When one process fails, the others are sent
+  SIGTERM at once (they save and stop at their next step boundary) and SIGKILL after
+  `timeout_s`; SIGTERM/SIGINT to the launcher go to every process, so a preempted job
+  saves and stops as a whole.
 
   Returns:
     0 when all succeed, else the first failing process's exit status.
   """
   coordinator = f"127.0.0.1:{free_port()}"
+  shares = split_devices(local_gpus(), num_processes)
   procs = []
   for i in range(num_processes):
     cmd = [sys.executable, "-m", "cnn_jax.main", *args, f"--coordinator={coordinator}",
            f"--num_processes={num_processes}", f"--process_id={i}",
            f"--distributed_timeout={timeout_s}"]
+    env = dict(os.environ)
+    if shares[i] is not None:
+      env["CUDA_VISIBLE_DEVICES"] = shares[i]
     procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True, bufsize=1))
+                                  text=True, bufsize=1, env=env))
   pumps = [threading.Thread(target=_pump, args=(p, i), daemon=True)
            for i, p in enumerate(procs)]
   for t in pumps:

@@ -3,6 +3,7 @@
 Thin on purpose: parse flags, then call the library.
 """
 
+import os
 import sys
 
 from absl import app
@@ -62,22 +63,30 @@ def main(argv):
       skip = not skip and a == "--local_processes"  # Its value is the next argument.
     return launch.launch_local(_LOCAL_PROCESSES.value, forwarded,
                                _DISTRIBUTED_TIMEOUT.value)
-  launch.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                    _DISTRIBUTED_TIMEOUT.value)
   # Orbax logs every checkpoint write at INFO, TFDS and TensorFlow their own notices:
   # the console keeps the run's own lines unless --verbose.
-  logging.set_verbosity(logging.INFO if _VERBOSE.value else logging.ERROR)
+  # Errors we report ourselves (a failed save, a damaged checkpoint) are logged by Orbax
+  # and TensorStore with whole tracebacks, and their coroutines print "Exception
+  # ignored" dumps at exit: all of that is shown with --verbose only.
+  logging.set_verbosity(logging.INFO if _VERBOSE.value else logging.FATAL)
+  if not _VERBOSE.value:
+    sys.unraisablehook = lambda unraisable: None
+  from cnn_jax import errors  # pylint: disable=g-import-not-at-top
   from cnn_jax import preemption  # pylint: disable=g-import-not-at-top
-  from cnn_jax import run  # pylint: disable=g-import-not-at-top
-  from cnn_jax.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
-  from cnn_jax.data import DatasetError  # pylint: disable=g-import-not-at-top
   try:
+    launch.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                      _DISTRIBUTED_TIMEOUT.value)
+    from cnn_jax import run  # pylint: disable=g-import-not-at-top
     if command == "train" and not args:
-      if _CONFIG.value is None or _WORKDIR.value is None:
+      path = config_flags.get_config_filename(flags.FLAGS["config"])
+      if path is None or not _WORKDIR.value:
         raise app.UsageError("train needs --config and --workdir.\n" + USAGE)
+      if not os.path.isfile(path):
+        raise errors.ConfigError(f"--config {path}: no such file (relative paths are "
+                                 f"read from {os.getcwd()}).")
       run.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     elif command == "eval" and not args:
-      if _WORKDIR.value is None:
+      if not _WORKDIR.value:
         raise app.UsageError("eval needs --workdir.\n" + USAGE)
       run.evaluate_checkpoint(_WORKDIR.value, _STEP.value)
     elif command == "report":
@@ -103,14 +112,49 @@ def main(argv):
   except preemption.Preempted as e:
     print(f"preempted: {e}", file=sys.stderr)
     return preemption.PREEMPTED_EXIT_CODE
-  except (DatasetError, CheckpointError, PermissionError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  except errors.DivergenceError as e:
+    return _exit(f"error: {e}", DIVERGED_EXIT_CODE)
+  except errors.Error as e:  # Ours: a one-line message. Anything else is a bug.
+    return _exit(f"error: {e}", 2)
+  except KeyboardInterrupt:
+    return _exit("interrupted before training started: nothing was saved or changed",
+                 preemption.FORCED_EXIT_CODE)
   return 0
 
 
+# Exit status of a run stopped because its loss diverged.
+DIVERGED_EXIT_CODE = 3
+
+
+def _exit(message: str, code: int):
+  """Prints `message` and exits now: background threads (an Orbax writer waiting for a
+  save that failed) must not keep the process alive."""
+  print(message, file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)  # pylint: disable=protected-access
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with a bad flag or config override reported in one line."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError) as e:
+    # ml_collections reports an unknown --config.FIELD as a chain of Attribute and
+    # KeyErrors from the parser: the field's name is the useful part.
+    message = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
+    if not isinstance(e, flags.Error):
+      bad = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+      field = message.strip("\"'")
+      bad = [a for a in bad if a.rsplit(".", 1)[-1] == field] or bad
+      message = (f"{bad[0] if bad else '--config'}: the config has no field {field!r}")
+    print(f"error: {message}\n(./run.sh --help lists the flags; config fields are those "
+          "of experiments/seed_cnn.py)", file=sys.stderr)
+    sys.exit(2)
+
+
 def entry():
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from cnn_jax.errors import ConfigError
+
 DATA_AXIS = "data"
 
 
@@ -29,7 +31,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
   n = mesh.devices.size
   if batch_size % n:
-    raise ValueError(
+    raise ConfigError(
         f"{what}={batch_size} is not divisible by the {n} devices of the mesh; "
         f"use a multiple of {n}, e.g. --config.{what}={max(n, batch_size // n * n)}.")
 

@@ -8,6 +8,8 @@ from typing import Callable
 
 import optax
 
+from cnn_jax.errors import ConfigError
+
 # name -> fn(learning_rate, total_steps, warmup_steps) -> optax schedule (step -> lr).
 # Each warms up linearly from 0 over warmup_steps (none when 0).
 SCHEDULES: dict[str, Callable[[float, int, int], optax.Schedule]] = {
@@ -30,13 +32,13 @@ def make_schedule(name: str, learning_rate: float, total_steps: int,
     warmup_steps: steps of linear warm-up from 0, fewer than total_steps.
   """
   if name not in SCHEDULES:
-    raise ValueError(f"Unknown lr_schedule {name!r}. Known schedules: "
+    raise ConfigError(f"Unknown lr_schedule {name!r}. Known schedules: "
                      f"{', '.join(sorted(SCHEDULES))}, e.g. --config.lr_schedule=cosine.")
   if not learning_rate > 0:
-    raise ValueError(f"learning_rate={learning_rate!r} must be > 0, e.g. "
+    raise ConfigError(f"learning_rate={learning_rate!r} must be > 0, e.g. "
                      "--config.learning_rate=1e-3.")
   if not 0 <= warmup_steps < total_steps:
-    raise ValueError(f"{warmup_steps} warm-up steps must be >= 0 and fewer than the "
+    raise ConfigError(f"{warmup_steps} warm-up steps must be >= 0 and fewer than the "
                      f"run's {total_steps} steps; lower --config.warmup_epochs.")
   return SCHEDULES[name](learning_rate, total_steps, warmup_steps)
 

@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from cnn_jax import report as report_lib
+from cnn_jax.errors import ConfigError
 
 GRID = 5  # misclassified.png shows up to GRID x GRID images.
 
@@ -29,7 +30,7 @@ def selected_record(workdir: str) -> tuple[dict, str]:
   config = report_lib.read_json(workdir, report_lib.CONFIG_FILE)
   records = report_lib.read_metrics(workdir)
   if not records:
-    raise ValueError(f"{workdir} has no metrics.jsonl records: not a trained run.")
+    raise ConfigError(f"{workdir} has no metrics.jsonl records: not a trained run.")
   metric = config.get("best_metric") or ""
   if metric and config.get("keep_best_checkpoints") and any(metric in r for r in records):
     sign = 1 if config.get("best_mode", "max") == "max" else -1
@@ -134,7 +135,7 @@ def plot_misclassified(found, wrong: int, total: int, path: str) -> None:
 def report_command(workdirs, out_dir: str | None = None) -> str:
   """Writes the figures of each run and report.md into `out_dir`; returns its path."""
   if not workdirs:
-    raise ValueError("report needs --workdir W [W ...].")
+    raise ConfigError("report needs --workdir W [W ...].")
   workdirs = [os.path.abspath(w) for w in workdirs]
   out_dir = os.path.abspath(out_dir or os.path.join(workdirs[0], "report"))
   os.makedirs(out_dir, exist_ok=True)

@@ -1,21 +1,31 @@
 """Turning SIGTERM/SIGINT into a clean stop at the next step boundary."""
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 
 # Exit status of a run that stopped on a signal after saving a checkpoint: EX_TEMPFAIL,
 # "try again later". Running the same command again continues from that checkpoint.
 PREEMPTED_EXIT_CODE = 75
+# Exit status after a third signal: 128 + SIGINT, as a shell reports an interrupt.
+FORCED_EXIT_CODE = 130
+
+
+def signal_name(signum: int | None) -> str:
+  return signal.Signals(signum).name if signum else "a signal to another process"
 
 
 class Preempted(Exception):
   """The run stopped on a signal after saving a checkpoint at `step`."""
 
-  def __init__(self, step: int, signum: int | None):
-    cause = signal.Signals(signum).name if signum else "a signal to another process"
-    super().__init__(f"stopped by {cause} after saving the checkpoint of step {step}; "
-                     "run the same command again to resume")
+  def __init__(self, step: int, signum: int | None, saved: bool = True):
+    cause = signal_name(signum)
+    what = (f"after saving the checkpoint of step {step}" if saved else
+            f"before training, at step {step} (nothing new to save)")
+    super().__init__(f"stopped by {cause} {what}; run the same command again to "
+                     "resume")
     self.step = step
     self.signum = signum
 
@@ -25,6 +35,7 @@ class StopRequest:
 
   def __init__(self):
     self.signum: int | None = None
+    self.count = 0  # Signals received.
 
   def __bool__(self) -> bool:
     return self.signum is not None
@@ -48,8 +59,8 @@ def agreed(request: StopRequest) -> bool:
 def stop_on_signals(signums=(signal.SIGTERM, signal.SIGINT)):
   """Yields a StopRequest that SIGTERM/SIGINT set instead of killing the process.
 
-  Further signals while the run saves are absorbed, so the save is never cut short.
-  Outside the main thread (where Python cannot install handlers) it yields a request
+  A second signal is absorbed, so the save is never cut short; a third exits at once
+  (status 130), without saving, for a run that must stop now. Outside the main thread (where Python cannot install handlers) it yields a request
   that is never set.
   """
   request = StopRequest()
@@ -59,10 +70,17 @@ def stop_on_signals(signums=(signal.SIGTERM, signal.SIGINT)):
 
   def handler(signum, frame):
     del frame
+    request.count += 1
     if request.signum is None:
       request.signum = signum
       print(f"\n{signal.Signals(signum).name}: finishing the current steps, then saving "
-            "a checkpoint and stopping", flush=True)
+            "a checkpoint and stopping (a third signal stops at once, without saving)",
+            flush=True)
+    elif request.count >= 3:
+      print(f"\n{signal.Signals(signum).name} again: stopping now, without saving; the "
+            "newest complete checkpoint is kept", flush=True)
+      sys.stdout.flush()
+      os._exit(FORCED_EXIT_CODE)
 
   previous = {s: signal.signal(s, handler) for s in signums}
   try:

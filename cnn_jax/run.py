@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import json
+import math
 import os
 import time
 
@@ -11,7 +12,9 @@ import ml_collections
 import numpy as np
 
 from cnn_jax import checkpoint as checkpoint_lib
+from cnn_jax import configs
 from cnn_jax import data as data_lib
+from cnn_jax import errors
 from cnn_jax import evaluators as evaluators_lib
 from cnn_jax import mesh as mesh_lib
 from cnn_jax import metrics as metrics_lib
@@ -20,6 +23,7 @@ from cnn_jax import optim
 from cnn_jax import preemption
 from cnn_jax import report as report_lib
 from cnn_jax import train as train_lib
+from cnn_jax import workdir as workdir_lib
 from cnn_jax.data import augment as augment_lib
 from cnn_jax.data import preprocess as preprocess_lib
 
@@ -35,46 +39,40 @@ def root_keys(seed: int) -> dict[str, jax.Array]:
 # Fingerprint fields newer than some checkpoints, with the value those runs had.
 FINGERPRINT_DEFAULTS = {"lr_schedule": "constant", "warmup_epochs": 0,
                         "schedule_epochs": None}
+# Config fields that change a run's trajectory, compared as they are.
+TRAJECTORY_FIELDS = ("model", "dataset", "batch_size", "seed", "learning_rate",
+                     "lr_schedule", "warmup_epochs", "train_split", "validation_split",
+                     "validation_fraction", "normalize", "crop_padding", "flip")
 
 
 def fingerprint(config, info) -> dict:
-  """What a checkpoint must agree on with the config that resumes it.
+  """What a checkpoint must agree on with the config that resumes it: every setting
+  that changes the run's trajectory.
 
   The schedule is part of it: it shapes the optimizer state, and a decaying one is
   laid out over the run's num_epochs.
   """
-  return {"model": config.model, "model_kwargs": json.loads(json.dumps(
+  return {**{k: config[k] for k in TRAJECTORY_FIELDS},
+          "model_kwargs": json.loads(json.dumps(
               config.model_kwargs.to_dict())),  # Tuples as lists, as saved in JSON.
-          "dataset": config.dataset, "image_shape": list(info.image_shape),
-          "num_classes": info.num_classes, "batch_size": config.batch_size,
-          "lr_schedule": config.lr_schedule, "warmup_epochs": config.warmup_epochs,
+          "image_shape": list(info.image_shape), "num_classes": info.num_classes,
           "schedule_epochs": (None if config.lr_schedule == "constant"
                               else config.num_epochs)}
 
 
 def check_fingerprint(saved: dict, current: dict, workdir: str) -> None:
+  """Refuses to resume under a config that changes the trajectory, naming the fields.
+
+  Fields a checkpoint predates (not saved, no known default) cannot be compared.
+  """
   saved = {**FINGERPRINT_DEFAULTS, **saved}
   diffs = [f"{k}: checkpoint has {saved.get(k)!r}, config has {current[k]!r}"
-           for k in current if saved.get(k) != current[k]]
+           for k in current if k in saved and saved[k] != current[k]]
   if diffs:
     raise checkpoint_lib.CheckpointError(
         f"The checkpoints in {workdir} belong to a different experiment ("
         + "; ".join(diffs) + "). Nothing was changed; use a new --workdir for a new "
         "experiment, or the original config to resume this one.")
-
-
-def check_workdir(workdir: str) -> None:
-  """Fails before any work if `workdir` cannot be created or written."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_probe.{os.getpid()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise PermissionError(
-        f"Workdir {workdir!r} cannot be written ({e.strerror or e}). Choose another "
-        "--workdir or fix its permissions.") from e
 
 
 @dataclasses.dataclass
@@ -190,18 +188,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     preemption.Preempted: a signal stopped the run after it saved a checkpoint.
   """
   workdir = os.path.abspath(workdir)
-  check_workdir(workdir)
+  configs.check(config, jax.device_count(), jax.process_count())
+  workdir_lib.check_writable(workdir, os.path.join(workdir, CHECKPOINT_DIR))
   reporter = report_lib.Reporter(workdir)
-  exp = build_experiment(config)
-  ckpts = open_checkpoints(config, workdir)
-  try:
-    state, epoch_sums = _restore_or_init(exp, ckpts, workdir, reporter)
-    reporter.write_config(config)
-    reporter.write_dataset(exp.data.info, exp.data.channel_stats)
-    record = _train(exp, state, epoch_sums, ckpts, reporter, workdir)
-  finally:
-    ckpts.close()
-    reporter.close()
+  # Signals become stop requests from here on: a stop during start-up ends the run
+  # before training, one during training saves first.
+  with workdir_lib.locked(workdir, reporter.info), preemption.stop_on_signals() as stop:
+    exp = build_experiment(config)
+    ckpts = open_checkpoints(config, workdir)
+    try:
+      state, epoch_sums = _restore_or_init(exp, ckpts, workdir, reporter)
+      workdir_lib.record_start(workdir, config, int(metrics_lib.host_value(state.step)))
+      reporter.write_config(config)
+      reporter.write_dataset(exp.data.info, exp.data.channel_stats)
+      record = _train(exp, state, epoch_sums, ckpts, reporter, workdir, stop)
+    finally:
+      ckpts.close()
+      reporter.close()
   for ev in exp.evaluators:
     if f"{ev.name}_accuracy" in record:
       reporter.info(f"final {ev.name} accuracy: {record[f'{ev.name}_accuracy']:.4f} "
@@ -226,7 +229,25 @@ def _restore_or_init(exp: Experiment, ckpts, workdir: str, reporter):
   return restored, sums
 
 
-def _train(exp: Experiment, state, epoch_sums, ckpts, reporter, workdir: str) -> dict:
+def check_divergence(loss: float, num_classes: int, factor: float, epoch: int,
+                     first_step: int, last_step: int, saved_step) -> None:
+  """Raises DivergenceError for a NaN or infinite loss, or one above `factor` times
+  the loss of a uniform prediction, ln(num_classes), where every run starts."""
+  limit = factor * math.log(max(num_classes, 2)) if factor else math.inf
+  if math.isfinite(loss) and loss <= limit:
+    return
+  kept = (f"The last checkpoint (step {saved_step}) is kept" if saved_step is not None
+          else "No checkpoint was written yet")
+  raise errors.DivergenceError(
+      f"Training diverged in epoch {epoch + 1}, steps {first_step}-{last_step}: mean "
+      f"training loss {loss:.4g}, above {limit:.4g} ({factor} x ln {num_classes}, the "
+      f"loss of a uniform guess). {kept}. Lower --config.learning_rate, add "
+      "--config.warmup_epochs, or check the data; --config.divergence_factor=0 stops "
+      "on NaN or inf only.")
+
+
+def _train(exp: Experiment, state, epoch_sums, ckpts, reporter, workdir: str,
+           stop: preemption.StopRequest) -> dict:
   config, info = exp.config, exp.data.info
   steps_per_epoch = exp.data.steps_per_epoch
   total_steps = steps_per_epoch * config.num_epochs
@@ -247,55 +268,60 @@ def _train(exp: Experiment, state, epoch_sums, ckpts, reporter, workdir: str) ->
             "epoch_sums": metrics_lib.to_host(epoch_sums)}
     ckpts.save(step, state, meta=meta, metrics=metrics)
 
-  with preemption.stop_on_signals() as stop:
-    while step < total_steps:
-      epoch, pos = divmod(step, steps_per_epoch)
-      batches = exp.data.train_epoch(epoch, pos)
-      first_pos, t0 = pos, time.perf_counter()
-      with reporter.progress(steps_per_epoch, pos, epoch + 1) as bar:
-        while pos < steps_per_epoch:
-          end = chunk_end(step, pos, steps_per_epoch, chunk, every)
-          inputs = batches.take(pos, end)
-          state, sums = exp.train_chunk(state, inputs.arrays, inputs.index)
-          epoch_sums = train_lib.add_metrics(epoch_sums, sums)
-          chunk_metrics = metrics_lib.summarize(sums, "train")
-          if np.isnan(chunk_metrics["train_loss"]):
-            raise FloatingPointError(
-                f"NaN training loss in epoch {epoch + 1} between steps {step} and "
-                f"{step + end - pos}; lower --config.learning_rate or check the data.")
-          step += end - pos
-          reporter.scalars(step, {**chunk_metrics,
-                                  "learning_rate": float(exp.schedule(step))})
-          bar.update(end - pos)
-          pos = end
-          stopping = preemption.agreed(stop)
-          if pos < steps_per_epoch and (stopping or (every and step % every == 0)):
-            save()
-            if stopping:
-              ckpts.wait()
-              raise preemption.Preempted(step, stop.signum)
-      train_time = time.perf_counter() - t0
-      t1 = time.perf_counter()
-      evals, details = exp.evaluate_due(state, epoch + 1)
-      eval_time = time.perf_counter() - t1
-      evaluated = sum(info.splits[ev.split] for ev in exp.evaluators if ev.name in details)
-      record = {
-          "epoch": epoch + 1, "step": step,
-          **metrics_lib.summarize(epoch_sums, "train"), **evals,
-          "images_per_sec": (pos - first_pos) * config.batch_size / train_time,
-          "eval_images_per_sec": evaluated / eval_time,
-          "data_wait_sec": batches.wait_sec,
-          "learning_rate": float(exp.schedule(step)),
-          "epoch_time_sec": train_time + eval_time,
-      }
-      # The record goes first: if the save below is cut short, the resumed run
-      # drops it (it is past the checkpoint) and redoes the epoch.
-      reporter.epoch(record, details)
-      epoch_sums = train_lib.zero_metrics()
-      save(metrics=evals if config.best_metric in evals else None)
-      if preemption.agreed(stop):
-        ckpts.wait()
-        raise preemption.Preempted(step, stop.signum)
+  if preemption.agreed(stop):  # During start-up: nothing new to save.
+    raise preemption.Preempted(step, stop.signum, saved=False)
+  while step < total_steps:
+    epoch, pos = divmod(step, steps_per_epoch)
+    batches = exp.data.train_epoch(epoch, pos)
+    first_pos, t0 = pos, time.perf_counter()
+    with reporter.progress(steps_per_epoch, pos, epoch + 1) as bar:
+      while pos < steps_per_epoch:
+        end = chunk_end(step, pos, steps_per_epoch, chunk, every)
+        inputs = batches.take(pos, end)
+        state, sums = exp.train_chunk(state, inputs.arrays, inputs.index)
+        epoch_sums = train_lib.add_metrics(epoch_sums, sums)
+        chunk_metrics = metrics_lib.summarize(sums, "train")
+        check_divergence(chunk_metrics["train_loss"], info.num_classes,
+                         config.divergence_factor, epoch, step, step + end - pos,
+                         ckpts.latest_step())
+        step += end - pos
+        reporter.scalars(step, {**chunk_metrics,
+                                "learning_rate": float(exp.schedule(step))})
+        bar.update(end - pos)
+        pos = end
+        stopping = preemption.agreed(stop)
+        if pos < steps_per_epoch and (stopping or (every and step % every == 0)):
+          save()
+          if stopping:
+            ckpts.wait()
+            raise preemption.Preempted(step, stop.signum)
+    train_time = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    evals, details = exp.evaluate_due(state, epoch + 1)
+    eval_time = time.perf_counter() - t1
+    evaluated = sum(info.splits[ev.split] for ev in exp.evaluators if ev.name in details)
+    record = {
+        "epoch": epoch + 1, "step": step,
+        **metrics_lib.summarize(epoch_sums, "train"), **evals,
+        "images_per_sec": (pos - first_pos) * config.batch_size / train_time,
+        "eval_images_per_sec": evaluated / eval_time,
+        "data_wait_sec": batches.wait_sec,
+        "learning_rate": float(exp.schedule(step)),
+        "epoch_time_sec": train_time + eval_time,
+    }
+    # The record goes first: if the save below is cut short, the resumed run
+    # drops it (it is past the checkpoint) and redoes the epoch.
+    reporter.epoch(record, details)
+    epoch_sums = train_lib.zero_metrics()
+    save(metrics=evals if config.best_metric in evals else None)
+    if preemption.agreed(stop) and step < total_steps:
+      ckpts.wait()
+      raise preemption.Preempted(step, stop.signum)
+  # The last save completes while signals are still turned into stop requests.
+  ckpts.wait()
+  if stop:
+    reporter.info(f"{preemption.signal_name(stop.signum)} came after the last epoch: "
+                  "the run is complete")
 
   if record is None:  # Nothing left to train: report the restored state.
     previous = report_lib.read_metrics(workdir)

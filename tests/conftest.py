@@ -10,6 +10,22 @@ if ROOT not in sys.path:  # experiments/ is imported as a package by config file
   sys.path.insert(0, ROOT)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _temp_files_inside_pytest_tmp(tmp_path_factory):
+  """Temporary files of the tests, TFDS's and subprocesses' included, go under pytest's
+  own temporary folder (which pytest prunes), not loose into /tmp."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path_factory.mktemp("tempdir"))
+  old_env, old_dir = os.environ.get("TMPDIR"), tempfile.tempdir
+  os.environ["TMPDIR"], tempfile.tempdir = path, path
+  yield
+  tempfile.tempdir = old_dir
+  if old_env is None:
+    os.environ.pop("TMPDIR", None)
+  else:
+    os.environ["TMPDIR"] = old_env
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
   """A TFDS data_dir with the embedded mnist_5k prepared once for the session."""

@@ -199,7 +199,17 @@ def _delete_data(step_dir):
   shutil.rmtree(os.path.join(step_dir, "state"))
 
 
-@pytest.mark.parametrize("damage", [_truncate, _delete_data])
+def _flip_bytes(step_dir):
+  """Silent damage: the same size, a few bytes changed (a bad disk, a bad copy)."""
+  path = _largest_file(os.path.join(step_dir, "state"))
+  with open(path, "r+b") as f:
+    f.seek(os.path.getsize(path) // 2)
+    data = f.read(16)
+    f.seek(os.path.getsize(path) // 2)
+    f.write(bytes(b ^ 0xFF for b in data))
+
+
+@pytest.mark.parametrize("damage", [_truncate, _delete_data, _flip_bytes])
 def test_damaged_latest_checkpoint_falls_back_and_retrains(one_epoch, tmp_path, capsys,
                                                            damage):
   config, workdir, record = _copy(one_epoch, tmp_path)
@@ -255,6 +265,11 @@ def _tree_digest(path):
     ("model_kwargs", {"hidden": 128}, "model_kwargs"),
     ("dataset", "mnist_5k_other", None),
     ("lr_schedule", "cosine", "lr_schedule: checkpoint has 'constant', config has 'cosine'"),
+    ("seed", 1, "seed: checkpoint has 0, config has 1"),
+    ("learning_rate", 3e-4, "learning_rate: checkpoint has 0.001, config has 0.0003"),
+    ("train_split", "train[:3000]", "train_split: checkpoint has 'train'"),
+    ("normalize", True, "normalize: checkpoint has False, config has True"),
+    ("crop_padding", 2, "crop_padding: checkpoint has 0, config has 2"),
 ])
 def test_resuming_with_a_different_config_is_refused_untouched(one_epoch, tmp_path, field,
                                                                value, named):

@@ -12,6 +12,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from cnn_jax.errors import ConfigError
+
 Augment = Callable[[jax.Array, jax.Array], jax.Array]
 
 # Independent streams under an augmentation key: turning flips on or off leaves the
@@ -74,7 +76,7 @@ def make_augment(crop_padding: int = 0, flip: bool = False) -> Augment | None:
   """
   valid = isinstance(crop_padding, int) and not isinstance(crop_padding, bool)
   if not valid or crop_padding < 0:
-    raise ValueError(f"crop_padding={crop_padding!r} must be an integer >= 0 "
+    raise ConfigError(f"crop_padding={crop_padding!r} must be an integer >= 0 "
                      "(0 turns random cropping off), e.g. --config.crop_padding=2.")
   if crop_padding == 0 and not flip:
     return None

@@ -28,6 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from cnn_jax import mesh as mesh_lib
 from cnn_jax.data.source import DatasetInfo
+from cnn_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +152,7 @@ def local_batch_size(global_batch: int, process_count: int | None = None) -> int
   """This process's part of a global batch."""
   process_count = jax.process_count() if process_count is None else process_count
   if global_batch % process_count:
-    raise ValueError(f"Batch size {global_batch} is not divisible by the "
+    raise ConfigError(f"Batch size {global_batch} is not divisible by the "
                      f"{process_count} processes; use a multiple of {process_count}.")
   return global_batch // process_count
 

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cnn_jax.data.tfds_base import DatasetError
+
 Preprocess = Callable[[jax.Array], jax.Array]
 
 
@@ -43,7 +45,7 @@ def make_preprocess(mean=None, std=None) -> Preprocess:
     raise ValueError(f"mean and std must both have shape [channels]; got "
                      f"{mean.shape} and {std.shape}.")
   if not np.all(std > 0):
-    raise ValueError(f"std={std} has a channel with no spread; every pixel of that "
+    raise DatasetError(f"std={std} has a channel with no spread; every pixel of that "
                      "channel is the same, so it cannot be normalised. Turn off "
                      "--config.normalize for this dataset.")
   return functools.partial(normalize, mean=mean, std=std)

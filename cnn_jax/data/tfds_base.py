@@ -5,6 +5,8 @@ import contextlib
 import io
 import os
 import sys
+import tempfile
+import time
 
 from absl import logging
 
@@ -43,8 +45,25 @@ def default_data_dir() -> str:
 def new_or_prepared(make):
   """`make()`'s builder where it is prepared already (in any format), else
   `make(file_format="array_record")`, a builder that prepares in ArrayRecord."""
-  builder = make()
-  return builder if builder.is_prepared() else make(file_format=ARRAY_RECORD)
+  with _no_leftover_tempdirs():
+    builder = make()
+    return builder if builder.is_prepared() else make(file_format=ARRAY_RECORD)
+
+
+@contextlib.contextmanager
+def _no_leftover_tempdirs():
+  """Removes the empty `tmp*tfds` folders TFDS makes for GCS metadata it never fetches
+  offline (one per builder of an unprepared dataset; TFDS never removes them)."""
+  root, before = tempfile.gettempdir(), time.time() - 1
+  try:
+    yield
+  finally:
+    for name in os.listdir(root):
+      path = os.path.join(root, name)
+      if name.startswith("tmp") and name.endswith("tfds"):
+        with contextlib.suppress(OSError):  # Not empty, or not ours: left alone.
+          if os.path.getmtime(path) >= before:
+            os.rmdir(path)
 
 
 def download_and_prepare(builder, **kwargs) -> None:

@@ -2,6 +2,7 @@
 
 import flax.linen as nn
 
+from cnn_jax.errors import ConfigError
 from cnn_jax.models.seed_cnn import SeedCNN
 from cnn_jax.models.vgg import VGGBN
 
@@ -11,10 +12,15 @@ MODELS: dict[str, type[nn.Module]] = {
 }
 
 
-def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
-  """Returns the registered model `name` with `num_classes` output logits."""
+def model_class(name: str) -> type[nn.Module]:
+  """The registered model class `name`."""
   if name not in MODELS:
-    raise ValueError(
+    raise ConfigError(
         f"Unknown model {name!r}. Known models: {', '.join(sorted(MODELS))}. "
         "Add one by registering its class in cnn_jax/models/__init__.py:MODELS.")
-  return MODELS[name](num_classes=num_classes, **kwargs)
+  return MODELS[name]
+
+
+def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
+  """Returns the registered model `name` with `num_classes` output logits."""
+  return model_class(name)(num_classes=num_classes, **kwargs)

@@ -1,0 +1,117 @@
+"""Every bad config refused before any work: one line naming the field, the value and
+what is allowed; exit status 2; no directory created."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cnn_jax import configs
+from cnn_jax.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def base():
+  from experiments import seed_cnn  # pylint: disable=g-import-not-at-top
+  return seed_cnn.get_config()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("batch_size", 0, r"config.batch_size=0 is not allowed: expected an integer >= 1"),
+    ("batch_size", -32, r"batch_size=-32 .* integer >= 1"),
+    ("batch_size", 33, r"batch_size=33 .* a multiple of the 2 devices"),
+    ("eval_batch_size", 0, r"eval_batch_size=0 .* integer >= 1"),
+    ("num_epochs", 0, r"num_epochs=0 .* integer >= 1"),
+    ("num_epochs", -1, r"num_epochs=-1"),
+    ("learning_rate", float("inf"), r"learning_rate=inf .* finite number > 0"),
+    ("learning_rate", 0.0, r"learning_rate=0.0"),
+    ("steps_per_dispatch", 0, r"steps_per_dispatch=0"),
+    ("checkpoint_every_steps", -5, r"checkpoint_every_steps=-5 .* integer >= 0"),
+    ("keep_checkpoints", 0, r"keep_checkpoints=0 .* integer >= 1"),
+    ("keep_best_checkpoints", -1, r"keep_best_checkpoints=-1"),
+    ("keep_best_checkpoints", 1, r"keep_best_checkpoints=1 .* without a best_metric"),
+    ("best_metric", "foo", r"best_metric='foo' .* keep_best_checkpoints=0"),
+    ("input_pipeline", "disk", r"input_pipeline='disk' .* 'in_memory', 'streaming'"),
+    ("lr_schedule", "linear", r"lr_schedule='linear' .* 'constant', 'cosine'"),
+    ("warmup_epochs", 5, r"warmup_epochs=5 .* fewer than num_epochs=5"),
+    ("validation_fraction", 1.0, r"validation_fraction=1.0 .* \[0, 1\)"),
+    ("data_workers", -1, r"data_workers=-1"),
+    ("crop_padding", -2, r"crop_padding=-2"),
+    ("on_bad_image", "ignore", r"on_bad_image=.ignore. .* .skip., .error."),
+    ("divergence_factor", 0.5, r"divergence_factor=0.5 .* factor > 1"),
+    ("model", "resnet9000", r"Unknown model 'resnet9000'"),
+])
+def test_bad_fields_name_the_field_value_and_what_is_allowed(field, value, message):
+  config = base()
+  with config.unlocked():
+    config[field] = value
+  with pytest.raises(ConfigError, match=message):
+    configs.check(config, device_count=2, process_count=1)
+
+
+def test_combinations_and_nested_fields():
+  config = base()
+  configs.check(config, device_count=1, process_count=1)  # The tutorial is fine.
+  with pytest.raises(ConfigError, match="batch_size=32 .* multiple of the 3 processes"):
+    configs.check(config, device_count=1, process_count=3)
+  config.model_kwargs = {"hiden": 128}
+  with pytest.raises(ConfigError, match="model_kwargs has hiden, which model 'seed_cnn' "
+                                        "does not take; its arguments: features, hidden"):
+    configs.check(config, 1, 1)
+  config = base()
+  config.keep_best_checkpoints, config.best_metric = 1, "test_accuracy"
+  with pytest.raises(ConfigError, match="selects checkpoints on the test split"):
+    configs.check(config, 1, 1)
+  config.best_metric = "validation_accuracy"
+  with pytest.raises(ConfigError, match="not a metric of this run's evaluators"):
+    configs.check(config, 1, 1)  # No validation split: nothing to select on.
+  config.validation_fraction = 0.1
+  configs.check(config, 1, 1)
+  config = base()
+  with config.unlocked():
+    config.learning_rat = 1e-3
+  with pytest.raises(ConfigError, match="unknown field.s. learning_rat"):
+    configs.check(config, 1, 1)
+
+
+def cli(tmp_path, *args, cwd=ROOT):
+  return subprocess.run([sys.executable, "-m", "cnn_jax.main", *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "PYTHONPATH": ROOT})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.batch_size=0"], "error: config.batch_size=0 is not allowed"),
+    (["--config.nonexistent=1"], "error: --config.nonexistent: the config has no field"),
+    (["--config.batch_size=abc"], "error: flag --config.batch_size=abc: invalid literal"),
+    (["--config.learning_rate=inf"], "error: config.learning_rate=inf"),
+])
+def test_command_line_mistakes_are_one_line_errors_before_any_work(tmp_path, args,
+                                                                   message):
+  out = cli(tmp_path, "train", "--config", "experiments/seed_cnn.py", "--workdir",
+            str(tmp_path / "run"), *args)
+  assert out.returncode == 2
+  assert out.stderr.startswith(message) and "Traceback" not in out.stderr
+  assert len(out.stderr.strip().splitlines()) <= 2
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_missing_config_file_and_empty_workdir(tmp_path):
+  out = cli(tmp_path, "train", "--config", "no_such.py", "--workdir", "run", cwd=tmp_path)
+  assert out.returncode == 2 and "Traceback" not in out.stderr
+  assert f"--config no_such.py: no such file (relative paths are read from {tmp_path})" \
+      in out.stderr
+  assert not os.path.exists(tmp_path / "run")
+  out = cli(tmp_path, "train", "--config", "experiments/seed_cnn.py", "--workdir=")
+  assert out.returncode != 0 and "needs --config and --workdir" in out.stderr
+
+
+def test_run_sh_reads_paths_from_the_callers_folder(tmp_path):
+  # Only the argument handling: a config that does not exist where the user stands.
+  (tmp_path / "mine.py").write_text("raise SystemExit('read')\n")
+  out = subprocess.run([os.path.join(ROOT, "run.sh"), "train", "--config", "mine.py",
+                        "--workdir", "w"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300)
+  assert "read" in out.stderr  # The user's ./mine.py was loaded, not the repo's.
