@@ -162,3 +162,19 @@ def test_cluster_environment_is_detected(monkeypatch):
 def test_partial_distributed_flags_are_an_error():
   with pytest.raises(ValueError, match="go together"):
     launch.initialize("127.0.0.1:1234", None, 0)
+
+
+def test_two_processes_agree_on_a_damaged_checkpoint(two_process_run, data_dir, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  from tests.test_resume import _truncate  # pylint: disable=g-import-not-at-top
+  finished, _ = two_process_run
+  workdir = tmp_path / "damaged"
+  shutil.copytree(finished, workdir)
+  _truncate(str(workdir / "checkpoints" / "20"))
+  started = time.time()
+  out = run(command(workdir, data_dir, "--local_processes=2", "--config.num_epochs=3"),
+            devices=2)
+  assert time.time() - started < 300  # No deadlock between processes that disagree.
+  assert "[p0] checkpoint step 20 is damaged" in out
+  assert "[p0] resumed from checkpoint step 15" in out
+  assert [r["step"] for r in report.read_metrics(workdir)] == [10, 20, 30]

@@ -334,3 +334,16 @@ def test_checkpoint_moves_between_device_counts(data_dir, tmp_path, first, then)
                      atol=2e-4)
   moved_acc = report.read_metrics(moved)[-1]["test_accuracy"]
   assert abs(moved_acc - report.read_metrics(stayed)[-1]["test_accuracy"]) <= 0.002
+
+
+def test_damage_is_one_line_on_the_command_line(one_epoch, data_dir, tmp_path):
+  _, workdir, _ = _copy(one_epoch, tmp_path)
+  _truncate(os.path.join(workdir, run.CHECKPOINT_DIR, "125"))
+  out = subprocess.run(command(workdir, data_dir, "--config.num_epochs=1",
+                               "--config.checkpoint_every_steps=50"),
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stderr == ""  # No Orbax or TensorStore dumps.
+  damaged = [line for line in out.stdout.splitlines() if "is damaged" in line]
+  assert len(damaged) == 1 and damaged[0].startswith("checkpoint step 125 is damaged (")
+  assert "resumed from checkpoint step 100" in out.stdout
