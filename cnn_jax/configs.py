@@ -69,11 +69,35 @@ FIELDS = {
     "keep_best_checkpoints": _int(0),
     "best_metric": (lambda v: isinstance(v, str), "a metric name, or '' for none"),
     "best_mode": _one_of("max", "min"),
+    "optimizer": _one_of(*optim.OPTIMIZERS),
+    "weight_decay": _real(lambda v: v >= 0, "a number >= 0"),
+    "grad_clip_norm": _real(lambda v: v >= 0, "a number >= 0 (0: no clipping)"),
+    "label_smoothing": _real(lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "mixup_alpha": _real(lambda v: v >= 0, "a number >= 0 (0: off)"),
+    "cutmix_alpha": _real(lambda v: v >= 0, "a number >= 0 (0: off)"),
+    "grad_accum_steps": _int(1),
+    "ema_decay": _real(lambda v: 0 <= v < 1, "a number in [0, 1) (0: off)"),
     "divergence_factor": _real(lambda v: v == 0 or v > 1,
                                "0 (off) or a factor > 1 of the first loss"),
 }
 # Fields that hold dicts of their own, checked by their owners.
-NESTED = ("model_kwargs", "evals")
+NESTED = ("model_kwargs", "optimizer_kwargs", "evals")
+
+
+# Fields added after runs were written, with the value those runs had (for reading
+# their config.json back: eval, predict, export, report).
+LEGACY_DEFAULTS = {
+    "validation_split": "", "validation_fraction": 0.0, "data_workers": 0,
+    "evals": {"test": {"split": "test"}}, "divergence_factor": 10.0,
+    "optimizer": "adam", "optimizer_kwargs": {}, "weight_decay": 0.0,
+    "grad_clip_norm": 0.0, "label_smoothing": 0.0, "mixup_alpha": 0.0,
+    "cutmix_alpha": 0.0, "grad_accum_steps": 1, "ema_decay": 0.0,
+}
+
+
+def with_legacy_defaults(saved: dict) -> dict:
+  """A saved config with the fields it predates filled in (LEGACY_DEFAULTS)."""
+  return {**LEGACY_DEFAULTS, **saved}
 
 
 def _fail(field, value, allowed, hint=""):
@@ -102,6 +126,11 @@ def check(config, device_count: int, process_count: int) -> None:
       if config[field] % count:
         _fail(field, config[field], f"a multiple of the {count} {what}",
               f"e.g. --config.{field}={max(count, config[field] // count * count)}.")
+  micro = config.grad_accum_steps * device_count
+  if config.batch_size % micro:
+    _fail("grad_accum_steps", config.grad_accum_steps,
+          f"a divisor of batch_size={config.batch_size} whose micro-batches divide over "
+          f"the {device_count} devices")
   if config.warmup_epochs >= config.num_epochs:
     _fail("warmup_epochs", config.warmup_epochs,
           f"fewer than num_epochs={config.num_epochs}")
@@ -118,7 +147,7 @@ def check(config, device_count: int, process_count: int) -> None:
   check_model(config.model, dict(config.model_kwargs))
   splits = ["train", *(["validation"] if config.validation_split or
                        config.validation_fraction else []), "test"]
-  evaluators = evaluators_lib.from_config(config.evals, splits)
+  evaluators = evaluators_lib.from_config(config.evals, splits, ema=config.ema_decay > 0)
   evaluators_lib.check_selection(config.best_metric, evaluators)
 
 

@@ -26,6 +26,7 @@ class Evaluator:
   every_epochs: int = 1
   metrics: tuple[str, ...] = METRICS
   top_k: int = 5
+  ema: bool = False  # Evaluates the moving average of the weights.
 
   def due(self, epoch: int, num_epochs: int) -> bool:
     """Whether it runs after (1-based) `epoch`: every `every_epochs`, and the last."""
@@ -39,11 +40,12 @@ class Evaluator:
     return [f"{self.name}_{n}" for m in self.metrics for n in names[m]]
 
 
-def from_config(evals, splits) -> list[Evaluator]:
+def from_config(evals, splits, ema: bool = False) -> list[Evaluator]:
   """The evaluators of `config.evals`, checked against the dataset's named `splits`.
 
   A run with a validation split that no evaluator reads gets one, named "validation",
-  with every metric, every epoch.
+  with every metric, every epoch. With `ema`, each evaluator gets a twin on the moving
+  average of the weights, named "<name>_ema".
 
   Raises:
     ConfigError: an unknown split or metric, or a bad period or k.
@@ -54,7 +56,7 @@ def from_config(evals, splits) -> list[Evaluator]:
     unknown = set(spec) - {f.name for f in dataclasses.fields(Evaluator)} - {"name"}
     if unknown:
       raise ConfigError(f"config.evals.{name} has unknown field(s) {sorted(unknown)}; "
-                        "fields: split, every_epochs, metrics, top_k.")
+                        "fields: split, every_epochs, metrics, top_k, ema.")
     ev = Evaluator(name=name, **{**spec, "metrics": tuple(spec.get("metrics", METRICS))})
     if ev.split not in splits:
       raise ConfigError(
@@ -73,6 +75,9 @@ def from_config(evals, splits) -> list[Evaluator]:
     out.append(ev)
   if "validation" in splits and not any(ev.split == "validation" for ev in out):
     out.insert(0, Evaluator(name="validation", split="validation"))
+  if ema:
+    out += [dataclasses.replace(ev, name=f"{ev.name}_ema", ema=True) for ev in out
+            if not ev.ema]
   if not out:
     raise ConfigError("config.evals is empty: name at least one evaluator, e.g. "
                       "config.evals.test = dict(split='test').")

@@ -17,10 +17,8 @@ import numpy as np
 from cnn_jax import checkpoint as checkpoint_lib
 from cnn_jax import mesh as mesh_lib
 from cnn_jax import models
-from cnn_jax import optim
 from cnn_jax import report as report_lib
 from cnn_jax import run
-from cnn_jax import train as train_lib
 from cnn_jax.data import preprocess as preprocess_lib
 
 
@@ -70,10 +68,9 @@ def load(workdir: str, step: str = "latest") -> Predictor:
   shape = tuple(meta["image_shape"])
   model = models.build_model(config.model, meta["num_classes"], **config.model_kwargs)
   per_epoch = meta["splits"]["train"] // config.batch_size
-  tx = optim.make_optimizer(**run.schedule_args(config, per_epoch))
   mesh = mesh_lib.make_mesh(jax.local_devices()[:1])
-  abstract = jax.eval_shape(functools.partial(
-      train_lib.create_train_state, model, image_shape=shape, tx=tx), jax.random.key(0))
+  abstract = jax.eval_shape(run.state_factory(config, model, shape, per_epoch),
+                            jax.random.key(0))
   sharding = mesh_lib.replicated(mesh)
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)

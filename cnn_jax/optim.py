@@ -4,8 +4,9 @@ A schedule is a function of the optimizer's own step count, so a resumed run
 continues it where it stopped (the count is in the checkpointed optimizer state).
 """
 
-from typing import Callable
+from typing import Any, Callable
 
+import jax
 import optax
 
 from cnn_jax.errors import ConfigError
@@ -43,14 +44,60 @@ def make_schedule(name: str, learning_rate: float, total_steps: int,
   return SCHEDULES[name](learning_rate, total_steps, warmup_steps)
 
 
-def make_optimizer(name: str, learning_rate: float, total_steps: int,
-                   warmup_steps: int = 0) -> optax.GradientTransformation:
-  """Adam (the tutorial's optimizer) on `make_schedule(name, ...)`.
+def decay_mask(params) -> Any:
+  """True for the weights that weight decay applies to: kernels and embeddings (arrays
+  of two or more dimensions), not biases or normalisation scales and offsets."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
 
-  The constant schedule without warm-up is plain `optax.adam(learning_rate)`, the
-  tutorial's optimizer, with the same state as checkpoints written before schedules.
+
+# name -> fn(learning rate or schedule, weight_decay, **optimizer_kwargs) -> optax
+# transformation. Weight decay only touches the weights of `decay_mask`: decoupled
+# (scaled by the learning rate) for adamw, an L2 term added to the gradient for the
+# others.
+OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "adam": lambda lr, wd, b1=0.9, b2=0.999, eps=1e-8: _l2(wd, optax.adam(
+        lr, b1=b1, b2=b2, eps=eps)),
+    "adamw": lambda lr, wd, b1=0.9, b2=0.999, eps=1e-8: optax.adamw(
+        lr, b1=b1, b2=b2, eps=eps, weight_decay=wd, mask=decay_mask),
+    "sgd": lambda lr, wd, momentum=0.9, nesterov=False: _l2(wd, optax.sgd(
+        lr, momentum=momentum or None, nesterov=nesterov)),
+}
+
+
+def _l2(weight_decay: float, tx: optax.GradientTransformation):
+  if not weight_decay:
+    return tx
+  return optax.chain(optax.add_decayed_weights(weight_decay, mask=decay_mask), tx)
+
+
+def make_optimizer(name: str, learning_rate: float, total_steps: int,
+                   warmup_steps: int = 0, optimizer: str = "adam",
+                   optimizer_kwargs: dict | None = None, weight_decay: float = 0.0,
+                   grad_clip_norm: float = 0.0) -> optax.GradientTransformation:
+  """The optimizer `optimizer` (OPTIMIZERS) on `make_schedule(name, ...)`.
+
+  Args:
+    name, learning_rate, total_steps, warmup_steps: the schedule (`make_schedule`).
+    optimizer: "adam" (the tutorial's), "adamw" or "sgd".
+    optimizer_kwargs: its arguments (adam/adamw: b1, b2, eps; sgd: momentum, nesterov).
+    weight_decay: see OPTIMIZERS.
+    grad_clip_norm: clip the gradient to this global norm first (0: no clipping).
+
+  The tutorial's settings (constant schedule, no warm-up, adam, no decay, no
+  clipping) give plain `optax.adam(learning_rate)`, with the state of checkpoints
+  written before schedules and optimizers were configurable.
   """
+  if optimizer not in OPTIMIZERS:
+    raise ConfigError(f"Unknown optimizer {optimizer!r}. Known: "
+                      f"{', '.join(sorted(OPTIMIZERS))}, e.g. --config.optimizer=adamw.")
   schedule = make_schedule(name, learning_rate, total_steps, warmup_steps)
   if name == "constant" and warmup_steps == 0:
-    return optax.adam(learning_rate)
-  return optax.adam(schedule)
+    schedule = learning_rate
+  try:
+    tx = OPTIMIZERS[optimizer](schedule, weight_decay, **(optimizer_kwargs or {}))
+  except TypeError as e:
+    raise ConfigError(f"config.optimizer_kwargs={dict(optimizer_kwargs or {})} do not "
+                      f"fit {optimizer!r} ({e}).") from e
+  if grad_clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(grad_clip_norm), tx)
+  return tx

@@ -42,7 +42,9 @@ FINGERPRINT_DEFAULTS = {"lr_schedule": "constant", "warmup_epochs": 0,
 # Config fields that change a run's trajectory, compared as they are.
 TRAJECTORY_FIELDS = ("model", "dataset", "batch_size", "seed", "learning_rate",
                      "lr_schedule", "warmup_epochs", "train_split", "validation_split",
-                     "validation_fraction", "normalize", "crop_padding", "flip")
+                     "validation_fraction", "normalize", "crop_padding", "flip",
+                     "optimizer", "weight_decay", "grad_clip_norm", "label_smoothing",
+                     "mixup_alpha", "cutmix_alpha", "grad_accum_steps", "ema_decay")
 
 
 def fingerprint(config, info) -> dict:
@@ -53,8 +55,9 @@ def fingerprint(config, info) -> dict:
   laid out over the run's num_epochs.
   """
   return {**{k: config[k] for k in TRAJECTORY_FIELDS},
-          "model_kwargs": json.loads(json.dumps(
-              config.model_kwargs.to_dict())),  # Tuples as lists, as saved in JSON.
+          # Tuples as lists, as saved in JSON.
+          **{k: json.loads(json.dumps(config[k].to_dict()))
+             for k in ("model_kwargs", "optimizer_kwargs")},
           "image_shape": list(info.image_shape), "num_classes": info.num_classes,
           "schedule_epochs": (None if config.lr_schedule == "constant"
                               else config.num_epochs)}
@@ -92,7 +95,8 @@ class Experiment:
   def evaluate(self, state, ev: evaluators_lib.Evaluator) -> tuple[dict, dict]:
     """(scalars, details) of evaluator `ev` on `state`: every example of its split."""
     sums = functools.reduce(train_lib.add_metrics, (
-        self.evaluate_fn(state, chunk.arrays, chunk.index, chunk.mask, top_k=ev.top_k)
+        self.evaluate_fn(state, chunk.arrays, chunk.index, chunk.mask, top_k=ev.top_k,
+                         ema=ev.ema)
         for chunk in self.data.eval_chunks(ev.split)))
     return metrics_lib.eval_summary(sums, ev.name, ev.metrics, ev.top_k,
                                     self.data.info.class_names)
@@ -121,6 +125,17 @@ def input_fns(config, data: data_lib.Dataset):
           augment_lib.make_augment(config.crop_padding, config.flip))
 
 
+def state_factory(config, model, image_shape, steps_per_epoch: int):
+  """`key -> TrainState` of the config's model and optimizer (also what a restore
+  target is made from, with jax.eval_shape)."""
+  tx = optim.make_optimizer(
+      **schedule_args(config, steps_per_epoch), optimizer=config.optimizer,
+      optimizer_kwargs=config.optimizer_kwargs.to_dict(), weight_decay=config.weight_decay,
+      grad_clip_norm=config.grad_clip_norm)
+  return functools.partial(train_lib.create_train_state, model, image_shape=image_shape,
+                           tx=tx, ema=config.ema_decay > 0)
+
+
 def configured_splits(config) -> list[str]:
   """The named splits a config gives a run (known before any data is read)."""
   has_validation = bool(config.validation_split or config.validation_fraction)
@@ -132,27 +147,29 @@ def build_experiment(config) -> Experiment:
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(config.batch_size, mesh)
   mesh_lib.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-  evaluators = evaluators_lib.from_config(config.evals, configured_splits(config))
-  evaluators_lib.check_selection(config.best_metric, evaluators)
+  evaluators = evaluators_lib.from_config(config.evals, configured_splits(config),
+                                          ema=config.ema_decay > 0)
   t0 = time.perf_counter()
   data = data_lib.load(config, mesh, root_keys(config.seed)["data"])
   load_sec = time.perf_counter() - t0
   info = data.info
   model = models.build_model(config.model, info.num_classes, **config.model_kwargs)
   schedule = schedule_args(config, data.steps_per_epoch)
-  tx = optim.make_optimizer(**schedule)
-  create = functools.partial(train_lib.create_train_state, model,
-                             image_shape=info.image_shape, tx=tx)
+  create = state_factory(config, model, info.image_shape, data.steps_per_epoch)
   state = jax.jit(create, out_shardings=mesh_lib.replicated(mesh))(
       root_keys(config.seed)["init"])
   preprocess, augment = input_fns(config, data)
   batch_sharding = mesh_lib.batch_sharding(mesh)
+  mix = augment_lib.make_mix(info.num_classes, config.mixup_alpha, config.cutmix_alpha)
+  step_options = dict(label_smoothing=config.label_smoothing,
+                      accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay)
   train_chunk = jax.jit(
       functools.partial(train_lib.train_steps, preprocess=preprocess, augment=augment,
+                        mix=mix, step_options=step_options,
                         batch_sharding=batch_sharding), donate_argnums=0)
   evaluate_fn = jax.jit(functools.partial(
       train_lib.evaluate, preprocess=preprocess, batch_sharding=batch_sharding),
-                        static_argnames="top_k")
+                        static_argnames=("top_k", "ema"))
   return Experiment(config, mesh, data, state, train_chunk, evaluate_fn,
                     fingerprint(config, info), optim.make_schedule(**schedule), load_sec,
                     evaluators)
@@ -338,7 +355,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise checkpoint_lib.CheckpointError(
         f"{path} does not exist: {workdir!r} is not the workdir of a run.")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(configs.with_legacy_defaults(json.load(f)))
 
 
 def evaluate_checkpoint(workdir: str, step: str = "latest") -> dict:

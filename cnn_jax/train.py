@@ -18,17 +18,19 @@ Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 # Streams of randomness drawn at each step, under fold_in(state.key, state.step).
-DROPOUT_STREAM, AUGMENT_STREAM = 0, 1
+DROPOUT_STREAM, AUGMENT_STREAM, MIX_STREAM = 0, 1, 2
 
 
 class TrainState(train_state.TrainState):
-  """Params, optimizer state and step, plus BatchNorm statistics and the run's key.
+  """Params, optimizer state and step, plus BatchNorm statistics, the run's key and
+  an exponential moving average of the params (None when not kept).
 
   Per-step randomness is `step_key(state, stream)`, a pure function of (key, step), so
   a resumed run draws the same numbers.
   """
   batch_stats: Any = None
   key: jax.Array | None = None
+  ema_params: Any = None
 
 
 def step_key(state: TrainState, stream: int) -> jax.Array:
@@ -36,14 +38,18 @@ def step_key(state: TrainState, stream: int) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(state.key, state.step), stream)
 
 
-def create_train_state(model: nn.Module, key: jax.Array, image_shape, tx) -> TrainState:
-  """Initializes `model` for inputs of `image_shape` (H, W, C)."""
+def create_train_state(model: nn.Module, key: jax.Array, image_shape, tx,
+                       ema: bool = False) -> TrainState:
+  """Initializes `model` for inputs of `image_shape` (H, W, C); with `ema`, the moving
+  average of the params starts at the initial params."""
   init_key, run_key = jax.random.split(key)
   variables = model.init({"params": init_key, "dropout": init_key},
                          jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  params = variables["params"]
   return TrainState.create(
-      apply_fn=model.apply, params=variables["params"], tx=tx,
-      batch_stats=variables.get("batch_stats"), key=run_key)
+      apply_fn=model.apply, params=params, tx=tx,
+      batch_stats=variables.get("batch_stats"), key=run_key,
+      ema_params=jax.tree.map(jnp.copy, params) if ema else None)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -58,39 +64,78 @@ def _sums(logits, labels, losses, mask) -> Metrics:
           "count": jnp.sum(mask).astype(jnp.float32)}
 
 
-def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-  """One Adam step on the mean cross-entropy of `batch` ({'image', 'label'})."""
+def train_step(state: TrainState, batch: Batch, *, label_smoothing: float = 0.0,
+               accum_steps: int = 1, ema_decay: float = 0.0) -> tuple[TrainState, Metrics]:
+  """One optimizer step on the mean cross-entropy of `batch`.
+
+  Args:
+    state: the train state.
+    batch: {'image', 'label'} and, for mixed batches, 'target' (soft labels [B, C]).
+    label_smoothing: mass spread uniformly over the classes (0: the integer-label loss).
+    accum_steps: split the batch into this many micro-batches whose gradients are
+      averaged into one update: the update of the whole batch with the memory of one
+      micro-batch. BatchNorm statistics are those of each micro-batch, in turn.
+    ema_decay: keep `state.ema_params` as decay * ema + (1 - decay) * params (0: off).
+  """
   dropout_key = step_key(state, DROPOUT_STREAM)
   has_stats = state.batch_stats is not None
 
-  def loss_fn(params):
+  def loss_fn(params, batch_stats, micro):
     variables = {"params": params}
     if has_stats:
-      variables["batch_stats"] = state.batch_stats
+      variables["batch_stats"] = batch_stats
     logits, updates = state.apply_fn(
-        variables, batch["image"], train=True, rngs={"dropout": dropout_key},
+        variables, micro["image"], train=True, rngs={"dropout": dropout_key},
         mutable=["batch_stats"] if has_stats else [])
-    losses = cross_entropy(logits, batch["label"])
-    return jnp.mean(losses), (logits, losses, updates)
+    logits = logits.astype(jnp.float32)
+    if "target" in micro or label_smoothing:
+      target = micro.get("target")
+      if target is None:
+        target = jax.nn.one_hot(micro["label"], logits.shape[-1])
+      if label_smoothing:
+        target = optax.smooth_labels(target, label_smoothing)
+      losses = optax.softmax_cross_entropy(logits, target)
+    else:  # The tutorial's loss, exactly.
+      losses = cross_entropy(logits, micro["label"])
+    return jnp.mean(losses), (logits, losses, updates.get("batch_stats", batch_stats))
 
-  grads, (logits, losses, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
-  new_state = state.apply_gradients(
-      grads=grads, batch_stats=updates["batch_stats"] if has_stats else None)
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+  if accum_steps == 1:
+    grads, (logits, losses, batch_stats) = grad_fn(state.params, state.batch_stats, batch)
+  else:
+    micro = jax.tree.map(
+        lambda x: x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:]), batch)
+
+    def accumulate(carry, m):
+      grads, batch_stats = carry
+      g, (logits, losses, batch_stats) = grad_fn(state.params, batch_stats, m)
+      return (jax.tree.map(jnp.add, grads, g), batch_stats), (logits, losses)
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grads, batch_stats), (logits, losses) = jax.lax.scan(
+        accumulate, (zeros, state.batch_stats), micro)
+    grads = jax.tree.map(lambda g: g / accum_steps, grads)
+    logits, losses = logits.reshape(-1, logits.shape[-1]), losses.reshape(-1)
+  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  if ema_decay:
+    new_state = new_state.replace(ema_params=jax.tree.map(
+        lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.ema_params,
+        new_state.params))
   mask = jnp.ones_like(batch["label"], bool)
   return new_state, _sums(logits, batch["label"], losses, mask)
 
 
-def eval_step(state: TrainState, batch: Batch, top_k: int = 5) -> Metrics:
+def eval_step(state: TrainState, batch: Batch, top_k: int = 5,
+              ema: bool = False) -> Metrics:
   """Metric sums over the examples of `batch` whose `mask` is True.
 
   Besides loss, correct (top-1) and count: `correct_top_k` (the label among the
   `top_k` highest logits; k at most the number of classes) and `confusion`, counts
-  [true class, predicted class].
+  [true class, predicted class]. `ema` evaluates the moving average of the params.
   """
-  variables = {"params": state.params}
+  variables = {"params": state.ema_params if ema else state.params}
   if state.batch_stats is not None:
     variables["batch_stats"] = state.batch_stats
-  logits = state.apply_fn(variables, batch["image"], train=False)
+  logits = state.apply_fn(variables, batch["image"], train=False).astype(jnp.float32)
   labels, mask = batch["label"], batch["mask"]
   sums = _sums(logits, labels, cross_entropy(logits, labels), mask)
   num_classes = logits.shape[-1]
@@ -120,6 +165,7 @@ def _gather(arrays: Batch, rows: jax.Array, batch_sharding) -> Batch:
 
 def train_steps(state: TrainState, arrays: Batch, index: jax.Array, *,
                 preprocess: Callable, augment: Callable | None = None,
+                mix: Callable | None = None, step_options: dict | None = None,
                 batch_sharding=None) -> tuple[TrainState, Metrics]:
   """Runs `train_step` on the batch of each row of `index` in one `lax.scan`.
 
@@ -132,6 +178,10 @@ def train_steps(state: TrainState, arrays: Batch, index: jax.Array, *,
     preprocess: `preprocess(uint8 images) -> float images`.
     augment: `augment(key, images) -> images`, applied to the raw pixels with the
       step's AUGMENT_STREAM key before `preprocess`; None for none.
+    mix: `mix(key, images, labels) -> (images, soft targets)` (mixup, cutmix) on the
+      preprocessed images, with the step's MIX_STREAM key; None for none.
+    step_options: keyword arguments of `train_step` (label_smoothing, accum_steps,
+      ema_decay).
     batch_sharding: the sharding of a batch (None: leave it to XLA).
   """
   def body(carry, rows):
@@ -140,7 +190,11 @@ def train_steps(state: TrainState, arrays: Batch, index: jax.Array, *,
     image = batch["image"]
     if augment is not None:
       image = augment(step_key(state, AUGMENT_STREAM), image)
-    state, metrics = train_step(state, {"image": preprocess(image), "label": batch["label"]})
+    batch = {"image": preprocess(image), "label": batch["label"]}
+    if mix is not None:
+      batch["image"], batch["target"] = mix(step_key(state, MIX_STREAM), batch["image"],
+                                            batch["label"])
+    state, metrics = train_step(state, batch, **(step_options or {}))
     return (state, add_metrics(sums, metrics)), None
 
   (state, sums), _ = jax.lax.scan(body, (state, zero_metrics()), index)
@@ -148,7 +202,8 @@ def train_steps(state: TrainState, arrays: Batch, index: jax.Array, *,
 
 
 def evaluate(state: TrainState, arrays: Batch, index: jax.Array, mask: jax.Array, *,
-             preprocess: Callable, batch_sharding=None, top_k: int = 5) -> Metrics:
+             preprocess: Callable, batch_sharding=None, top_k: int = 5,
+             ema: bool = False) -> Metrics:
   """Metric sums of `eval_step` over the batches of `index` whose `mask` is True.
 
   `arrays` and `index` as in `train_steps`; `mask` bool [steps, batch]. Images go
@@ -157,7 +212,7 @@ def evaluate(state: TrainState, arrays: Batch, index: jax.Array, mask: jax.Array
   def step(rows, valid):
     batch = _gather(arrays, rows, batch_sharding)
     batch = {"image": preprocess(batch["image"]), "label": batch["label"], "mask": valid}
-    return eval_step(state, batch, top_k)
+    return eval_step(state, batch, top_k, ema)
 
   def body(sums, xs):
     return add_metrics(sums, step(*xs)), None

@@ -53,6 +53,24 @@ def get_config() -> ml_collections.ConfigDict:
   # or "cosine" (down to 0 at the last step), after warmup_epochs of linear warm-up.
   config.lr_schedule = "constant"
   config.warmup_epochs = 0
+  # Optimizer (cnn_jax/optim.py:OPTIMIZERS): "adam" (the tutorial's), "adamw" or "sgd";
+  # optimizer_kwargs: its arguments (adam, adamw: b1, b2, eps; sgd: momentum (0.9),
+  # nesterov). weight_decay: decoupled for adamw, an L2 term for the others, never on
+  # biases or normalisation parameters. grad_clip_norm: global-norm clipping (0: off).
+  config.optimizer = "adam"
+  config.optimizer_kwargs = ml_collections.ConfigDict()
+  config.weight_decay = 0.0
+  config.grad_clip_norm = 0.0
+  # Regularisation: label smoothing; mixup and cutmix (Beta(alpha, alpha) ratios, on the
+  # device from the step's key; both set: one or the other per batch; 0: off).
+  config.label_smoothing = 0.0
+  config.mixup_alpha = 0.0
+  config.cutmix_alpha = 0.0
+  # Split each batch into this many micro-batches whose gradients make one update.
+  config.grad_accum_steps = 1
+  # Keep an exponential moving average of the weights (0: off); every evaluator then
+  # runs on it too, as <name>_ema.
+  config.ema_decay = 0.0
   config.seed = 0
   # Training steps run per dispatch to the device (lax.scan); also the progress bar's tick.
   config.steps_per_dispatch = 50

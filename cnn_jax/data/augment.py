@@ -81,3 +81,48 @@ def make_augment(crop_padding: int = 0, flip: bool = False) -> Augment | None:
   if crop_padding == 0 and not flip:
     return None
   return functools.partial(augment, crop_padding=crop_padding, flip=bool(flip))
+
+
+def mix(key: jax.Array, images: jax.Array, labels: jax.Array, *, num_classes: int,
+        mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0):
+  """Mixup or cutmix of a batch with itself reversed; returns (images, soft targets).
+
+  One ratio per batch, lambda ~ Beta(alpha, alpha). With both alphas set, each batch is
+  mixed up or cut-mixed with probability 1/2 (as timm does). Cutmix pastes a box of
+  area about 1 - lambda and sets lambda to the box's exact share of the image. Each
+  target row sums to 1: the label mass is conserved. A pure function of the key.
+  """
+  k_choice, k_lambda, k_box = jax.random.split(key, 3)
+  one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  partner_images, partner_targets = images[::-1], one_hot[::-1]
+  use_cutmix = (jax.random.bernoulli(k_choice, 0.5) if mixup_alpha and cutmix_alpha
+                else jnp.asarray(bool(cutmix_alpha)))
+  alpha = jnp.where(use_cutmix, cutmix_alpha, mixup_alpha)  # The chosen one is > 0.
+  lam = jax.random.beta(k_lambda, alpha, alpha)
+  _, height, width, _ = images.shape
+  cut_h = jnp.floor(height * jnp.sqrt(1 - lam)).astype(jnp.int32)
+  cut_w = jnp.floor(width * jnp.sqrt(1 - lam)).astype(jnp.int32)
+  cy, cx = (jax.random.randint(k, (), 0, n) for k, n in
+            zip(jax.random.split(k_box), (height, width)))
+  y0, y1 = jnp.clip(cy - cut_h // 2, 0, height), jnp.clip(cy + cut_h // 2, 0, height)
+  x0, x1 = jnp.clip(cx - cut_w // 2, 0, width), jnp.clip(cx + cut_w // 2, 0, width)
+  rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
+  box = ((rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1))[None, :, :, None]
+  box_lam = 1 - (y1 - y0) * (x1 - x0) / (height * width)
+  cut = jnp.where(box, partner_images, images)
+  mixed = lam * images + (1 - lam) * partner_images
+  out = jnp.where(use_cutmix, cut, mixed.astype(images.dtype))
+  ratio = jnp.where(use_cutmix, box_lam, lam).astype(jnp.float32)
+  return out, ratio * one_hot + (1 - ratio) * partner_targets
+
+
+def make_mix(num_classes: int, mixup_alpha: float = 0.0,
+             cutmix_alpha: float = 0.0) -> Callable | None:
+  """`mix` with the config's alphas as `fn(key, images, labels)`; None when both are 0."""
+  for name, value in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+    if value < 0:
+      raise ConfigError(f"{name}={value!r} must be >= 0 (0 turns it off).")
+  if not mixup_alpha and not cutmix_alpha:
+    return None
+  return functools.partial(mix, num_classes=num_classes, mixup_alpha=mixup_alpha,
+                           cutmix_alpha=cutmix_alpha)
