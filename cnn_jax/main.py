@@ -22,6 +22,9 @@ _OUT = flags.DEFINE_string("out", None, "report: directory for the figures (defa
 _FORMAT = flags.DEFINE_enum("format", "stablehlo", ["stablehlo", "savedmodel"],
                             "export: StableHLO (jax.export) or a TensorFlow SavedModel.")
 _TOP_K = flags.DEFINE_integer("top_k", 3, "predict: classes shown per image.")
+_SWEEP = flags.DEFINE_multi_string("sweep", [], "sweep: FIELD=V1,V2,... (repeat for a "
+                                   "grid).")
+_SEEDS = flags.DEFINE_integer("seeds", 1, "sweep: seeds per setting.")
 _JSON = flags.DEFINE_bool("json", False, "predict: machine-readable output.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show TensorFlow, TFDS and absl messages "
                              "(hidden by default).")
@@ -45,6 +48,7 @@ USAGE = """commands:
   report --workdir DIR [--workdir DIR ...] [--out DIR]
   predict --workdir DIR [--step latest|best|N] [--top_k K] [--json] FILE...
   export --workdir DIR [--step ...] --format stablehlo|savedmodel --out DIR
+  sweep --config FILE --workdir DIR --sweep FIELD=V1,V2 [--sweep ...] [--seeds N]
   prepare NAME --from DIR [--data_dir DIR]
 multi-process: add --local_processes N (here), or --num_processes N --process_id I
   --coordinator HOST:PORT on each host (Slurm and Open MPI are detected by JAX)."""
@@ -104,6 +108,14 @@ def main(argv):
       if _WORKDIR.value is None:
         raise app.UsageError("export needs --workdir.\n" + USAGE)
       export.export_command(_WORKDIR.value, _STEP.value, _FORMAT.value, _OUT.value)
+    elif command == "sweep" and not args:
+      from cnn_jax import sweep  # pylint: disable=g-import-not-at-top
+      path = config_flags.get_config_filename(flags.FLAGS["config"])
+      if path is None or not _WORKDIR.value:
+        raise app.UsageError("sweep needs --config and --workdir.\n" + USAGE)
+      config = _CONFIG.value
+      sweep.sweep(config, os.path.abspath(_WORKDIR.value),
+                  sweep.parse_grid(_SWEEP.value, config), _SEEDS.value)
     elif command == "prepare" and len(args) == 1:
       from cnn_jax import prepare  # pylint: disable=g-import-not-at-top
       prepare.prepare_command(args[0], _FROM.value, _DATA_DIR.value)

@@ -1,0 +1,112 @@
+"""`./run.sh sweep --config E --workdir D --sweep FIELD=V1,V2 [...] --seeds N`.
+
+Runs every setting of the grid (the product of the `--sweep` values) with N seeds
+(config.seed, config.seed + 1, ...), each in its own workdir `D/<setting>/seed<k>`:
+a finished run is not redone, an interrupted one resumes. Each run is read at the
+checkpoint its selection rule picks (its best validation checkpoint), and the settings
+are compared on the mean validation metric; test metrics are reported, never used to
+choose. Writes D/sweep.md (mean and standard deviation per setting) and D/sweep.json.
+"""
+
+import itertools
+import json
+import os
+
+import numpy as np
+
+from cnn_jax import plots
+from cnn_jax import report as report_lib
+from cnn_jax import run
+from cnn_jax.errors import ConfigError
+
+
+def parse_grid(specs: list[str], config) -> dict[str, list]:
+  """{field: [values]} from 'field=v1,v2' strings, values of the field's type."""
+  grid = {}
+  for spec in specs or []:
+    field, sep, values = spec.partition("=")
+    if not sep or not values or field not in config:
+      raise ConfigError(f"--sweep {spec!r}: expected FIELD=V1,V2,... with a field of the "
+                        "config, e.g. --sweep learning_rate=1e-3,3e-4.")
+    kind = type(config[field])
+    cast = (lambda v: v.lower() in ("1", "true", "yes")) if kind is bool else kind
+    try:
+      grid[field] = [cast(v) for v in values.split(",")]
+    except ValueError as e:
+      raise ConfigError(f"--sweep {spec!r}: {e}") from e
+  return grid
+
+
+def settings(grid: dict[str, list]) -> list[dict]:
+  """Every combination of the grid's values (one empty setting for an empty grid)."""
+  return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+def setting_name(setting: dict) -> str:
+  return ",".join(f"{k}={v}" for k, v in setting.items()) or "base"
+
+
+def sweep(config, workdir: str, grid: dict[str, list], seeds: int) -> list[dict]:
+  """Runs the sweep (see the module docstring); returns a row per setting."""
+  metric = config.best_metric
+  if not metric:
+    raise ConfigError("A sweep chooses on a validation metric: give the config a "
+                      "validation split and --config.best_metric=validation_accuracy "
+                      "(with --config.keep_best_checkpoints=1).")
+  if seeds < 1:
+    raise ConfigError(f"--seeds={seeds}: run at least one seed.")
+  rows = []
+  for setting in settings(grid):
+    records = []
+    for k in range(seeds):
+      run_config = config.copy_and_resolve_references()
+      with run_config.unlocked():
+        for field, value in setting.items():
+          run_config[field] = value
+        run_config.seed = config.seed + k
+      run_dir = os.path.join(workdir, setting_name(setting), f"seed{k}")
+      done = report_lib.read_metrics(run_dir) if os.path.isdir(run_dir) else []
+      if not done or done[-1]["epoch"] < run_config.num_epochs:
+        run.train_and_evaluate(run_config, run_dir)
+      records.append(plots.selected_record(run_dir)[0])
+    rows.append(summarize(setting, records, metric))
+  best = max(rows, key=lambda r: r[metric]["mean"] if config.best_mode == "max"
+             else -r[metric]["mean"])
+  for row in rows:
+    row["chosen"] = row is best
+  write(workdir, rows, metric)
+  return rows
+
+
+def summarize(setting: dict, records: list[dict], metric: str) -> dict:
+  """Mean and standard deviation (ddof=1 over seeds; 0 for one seed) of each
+  validation and test metric of the selected records."""
+  row = {"setting": setting, "seeds": len(records), "steps": [r["step"] for r in records]}
+  keys = sorted({k for r in records for k in r
+                 if k.startswith(("validation_", "test_")) and isinstance(r[k], float)})
+  for k in keys:
+    values = np.array([r[k] for r in records if k in r], np.float64)
+    row[k] = {"mean": float(values.mean()),
+              "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+              "values": values.tolist()}
+  if metric not in row:
+    raise ConfigError(f"The runs of setting {setting_name(setting)} log no {metric!r}.")
+  return row
+
+
+def write(workdir: str, rows: list[dict], metric: str) -> None:
+  columns = [metric, *[k for k in ("validation_accuracy", "test_accuracy", "test_loss")
+                       if k != metric and k in rows[0]]]
+  lines = [f"Selection: each run's best checkpoint by {metric}; settings compared on its "
+           "mean over seeds. Test metrics are reported, not used to choose.", "",
+           "| setting | seeds | " + " | ".join(columns) + " |",
+           "|---|---|" + "---|" * len(columns)]
+  for row in rows:
+    cells = [f"{row[c]['mean']:.4f} ± {row[c]['std']:.4f}" for c in columns]
+    name = setting_name(row["setting"]) + (" (chosen)" if row["chosen"] else "")
+    lines.append(f"| {name} | {row['seeds']} | " + " | ".join(cells) + " |")
+  with open(os.path.join(workdir, "sweep.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  with open(os.path.join(workdir, "sweep.json"), "w") as f:
+    json.dump(rows, f, indent=2)
+  print("\n".join(lines))
