@@ -4,12 +4,14 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 import time
 import zlib
 
 import jax
 import orbax.checkpoint as ocp
 
+from cnn_jax import mesh as mesh_lib
 from cnn_jax.errors import ConfigError, Error
 
 
@@ -59,6 +61,7 @@ class Checkpoints:
     self.keeps_best = bool(best)
     self.broken = False  # A save failed: no more saves, nothing to wait for.
     self._in_flight = None  # The step of the last save started.
+    self._checksums = None  # The thread recording the last complete save's checksums.
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=("state", "meta"))
 
@@ -112,12 +115,22 @@ class Checkpoints:
           metrics=metrics)
     self._in_flight = step
 
-  def _finish_in_flight(self) -> None:
-    """Waits for the save in flight, then records its checksums."""
+  def _finish_in_flight(self, join: bool = False) -> None:
+    """Waits for the save in flight, then records its checksums in the background
+    (joined at the next call with `join`, or at the one after): training does not
+    wait for a re-read of the checkpoint."""
     self._manager.wait_until_finished()
+    if self._checksums is not None:
+      self._checksums.join()
+      self._checksums = None
     if self._in_flight is not None:
-      self.write_checksums(self._in_flight)
+      self._checksums = threading.Thread(target=self.write_checksums,
+                                         args=(self._in_flight,), daemon=True)
+      self._checksums.start()
       self._in_flight = None
+    if join and self._checksums is not None:
+      self._checksums.join()
+      self._checksums = None
 
   @contextlib.contextmanager
   def _failure(self, step):
@@ -180,7 +193,7 @@ class Checkpoints:
         meta = self.restore_meta(step)
       except Exception as e:  # pylint: disable=broad-except
         reason = _reason(e)
-      if not _all_processes(reason is None):
+      if not mesh_lib.all_processes(reason is None):
         skipped.append((step, reason or "damaged in another process"))
         continue
       if check_meta is not None:
@@ -190,7 +203,7 @@ class Checkpoints:
       except Exception as e:  # pylint: disable=broad-except
         # Orbax raises ValueError, FileNotFoundError or bare Exception for damage.
         reason = _reason(e)
-      if not _all_processes(reason is None):
+      if not mesh_lib.all_processes(reason is None):
         skipped.append((step, reason or "damaged in another process"))
         continue
       return state, meta, step, skipped
@@ -250,7 +263,7 @@ class Checkpoints:
   def wait(self) -> None:
     """Waits for the asynchronous save in flight (CheckpointError if it failed)."""
     with self._failure(None):
-      self._finish_in_flight()
+      self._finish_in_flight(join=True)
 
   def close(self) -> None:
     """Finishes the save in flight and closes. After a failed save, Orbax's writer
@@ -274,15 +287,6 @@ def _crc(path: str) -> tuple[int, int]:
     while block := f.read(1 << 20):
       crc, size = zlib.crc32(block, crc), size + len(block)
   return size, crc
-
-
-def _all_processes(ok: bool) -> bool:
-  """Whether `ok` holds in every process of the job (a collective when several)."""
-  if jax.process_count() == 1:
-    return ok
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  return bool(np.asarray(multihost_utils.process_allgather(np.int32(ok))).all())
 
 
 def _reason(error: Exception) -> str:

@@ -78,7 +78,7 @@ FIELDS = {
     "grad_accum_steps": _int(1),
     "ema_decay": _real(lambda v: 0 <= v < 1, "a number in [0, 1) (0: off)"),
     "divergence_factor": _real(lambda v: v == 0 or v > 1,
-                               "0 (off) or a factor > 1 of the first loss"),
+                               "0 (NaN/inf only) or a factor > 1 of ln(classes)"),
 }
 # Fields that hold dicts of their own, checked by their owners.
 NESTED = ("model_kwargs", "optimizer_kwargs", "evals")

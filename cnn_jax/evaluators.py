@@ -70,6 +70,9 @@ def from_config(evals, splits, ema: bool = False) -> list[Evaluator]:
     if not (isinstance(ev.every_epochs, int) and ev.every_epochs >= 1):
       raise ConfigError(f"config.evals.{name}.every_epochs={ev.every_epochs!r} must be "
                         "an integer >= 1.")
+    if ev.ema and not ema:
+      raise ConfigError(f"config.evals.{name}.ema=True needs a moving average: set "
+                        "--config.ema_decay (e.g. 0.999).")
     if not (isinstance(ev.top_k, int) and ev.top_k >= 1):
       raise ConfigError(f"config.evals.{name}.top_k={ev.top_k!r} must be an integer >= 1.")
     out.append(ev)

@@ -80,7 +80,9 @@ def load(workdir: str, step: str = "latest") -> Predictor:
     state, _ = ckpts.restore(chosen, abstract)
   finally:
     ckpts.close()
-  variables = {"params": state.params}
+  # A run that selects on its moving average serves it; others serve the weights.
+  ema = state.ema_params is not None and "_ema_" in (config.best_metric or "")
+  variables = {"params": state.ema_params if ema else state.params}
   if state.batch_stats is not None:
     variables["batch_stats"] = state.batch_stats
   stats = lambda k: None if meta[k] is None else np.asarray(meta[k], np.float32)

@@ -129,7 +129,7 @@ def main(argv):
   except errors.Error as e:  # Ours: a one-line message. Anything else is a bug.
     return _exit(f"error: {e}", 2)
   except KeyboardInterrupt:
-    return _exit("interrupted before training started: nothing was saved or changed",
+    return _exit("interrupted (before any training): nothing was saved or changed",
                  preemption.FORCED_EXIT_CODE)
   return 0
 

@@ -40,3 +40,12 @@ def put_replicated(array: np.ndarray, mesh: Mesh) -> jax.Array:
   """A host array copied onto every device of the mesh (works across processes)."""
   sharding = replicated(mesh)
   return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def all_processes(ok: bool) -> bool:
+  """Whether `ok` holds in every process of the job: a collective when there are
+  several, so every process must call it at the same point."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.asarray(multihost_utils.process_allgather(np.int32(ok))).all())

@@ -9,6 +9,7 @@ accuracy at the checkpoint each run's selection rule picks.
 
 import json
 import os
+import re
 
 import numpy as np
 
@@ -43,8 +44,8 @@ def plot_curves(workdir: str, path: str) -> None:
   plt = _pyplot()
   records = report_lib.read_metrics(workdir)
   names = ["train"] + sorted({k[:-len("_accuracy")] for r in records for k in r
-                              if k.endswith("_accuracy") and k.count("_") == 1
-                              and not k.startswith("train")})
+                              if k.endswith("_accuracy") and not k.startswith("train")
+                              and not re.search(r"_top\d+_accuracy$", k)})
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   for ax, what in zip(axes, ("loss", "accuracy")):
     for name in names:

@@ -131,14 +131,29 @@ def read_metrics(workdir: str) -> list[dict]:
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = [line for line in f if line.strip()]
+  records = []
+  for i, line in enumerate(lines):
+    try:
+      records.append(json.loads(line))
+    except ValueError:
+      if i < len(lines) - 1:  # Only the last line can be cut short by a crash.
+        from cnn_jax.checkpoint import CheckpointError  # pylint: disable=g-import-not-at-top
+        raise CheckpointError(f"{path} line {i + 1} is not a JSON record; repair or "
+                              "remove that line.") from None
+  return records
 
 
 def truncate_metrics(workdir: str, after_step: int) -> None:
   """Drops records past `after_step` (written after the checkpoint a run resumes from)."""
   records = read_metrics(workdir)
   kept = [r for r in records if r["step"] <= after_step]
-  if len(kept) != len(records) and jax.process_index() == 0:
+  path = os.path.join(workdir, METRICS_FILE)
+  lines = 0
+  if os.path.exists(path):
+    with open(path) as f:
+      lines = sum(1 for line in f if line.strip())  # A torn last line is rewritten away.
+  if len(kept) != lines and jax.process_index() == 0:
     _atomic_write(os.path.join(workdir, METRICS_FILE),
                   "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 

@@ -36,9 +36,15 @@ def root_keys(seed: int) -> dict[str, jax.Array]:
   return {"init": jax.random.fold_in(root, 0), "data": jax.random.fold_in(root, 1)}
 
 
-# Fingerprint fields newer than some checkpoints, with the value those runs had.
+# Fingerprint fields newer than some checkpoints, with the value those runs had. (Of
+# the others a checkpoint predates, such as the seed, the old value is not known.)
 FINGERPRINT_DEFAULTS = {"lr_schedule": "constant", "warmup_epochs": 0,
-                        "schedule_epochs": None}
+                        "schedule_epochs": None,
+                        **{k: v for k, v in configs.LEGACY_DEFAULTS.items()
+                           if k in ("optimizer", "optimizer_kwargs", "weight_decay",
+                                    "grad_clip_norm", "label_smoothing", "mixup_alpha",
+                                    "cutmix_alpha", "grad_accum_steps", "ema_decay",
+                                    "validation_split", "validation_fraction")}}
 # Config fields that change a run's trajectory, compared as they are.
 TRAJECTORY_FIELDS = ("model", "dataset", "batch_size", "seed", "learning_rate",
                      "lr_schedule", "warmup_epochs", "train_split", "validation_split",
@@ -215,6 +221,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpts = open_checkpoints(config, workdir)
     try:
       state, epoch_sums = _restore_or_init(exp, ckpts, workdir, reporter)
+      exp.state = None  # The initial state was only a target: no second copy on device.
       workdir_lib.record_start(workdir, config, int(metrics_lib.host_value(state.step)))
       reporter.write_config(config)
       reporter.write_dataset(exp.data.info, exp.data.channel_stats)
@@ -234,9 +241,9 @@ def _restore_or_init(exp: Experiment, ckpts, workdir: str, reporter):
   check = lambda meta: check_fingerprint(meta.get("fingerprint", {}), exp.fingerprint,
                                          workdir)
   restored, meta, step, skipped = ckpts.restore_newest_good(exp.state, check_meta=check)
-  for bad, reason in skipped:
-    where = ckpts.set_aside(bad) if step is None or bad > step else "left in place"
-    reporter.info(f"checkpoint step {bad} is damaged ({reason}); skipped it ({where})")
+  for bad, reason in skipped:  # All newer than the step restored: out of its way.
+    reporter.info(f"checkpoint step {bad} is damaged ({reason}); skipped it "
+                  f"({ckpts.set_aside(bad)})")
   report_lib.truncate_metrics(workdir, step or 0)
   if restored is None:
     return exp.state, train_lib.zero_metrics()
@@ -377,6 +384,7 @@ def evaluate_checkpoint(workdir: str, step: str = "latest") -> dict:
         print(f"checkpoint step {bad} is damaged ({reason}); skipped it")
     else:
       state, _ = ckpts.restore(chosen, exp.state)
+    exp.state = None
   finally:
     ckpts.close()
   record = {"step": chosen, **exp.evaluate_due(state)[0]}

@@ -103,8 +103,10 @@ def train_step(state: TrainState, batch: Batch, *, label_smoothing: float = 0.0,
   if accum_steps == 1:
     grads, (logits, losses, batch_stats) = grad_fn(state.params, state.batch_stats, batch)
   else:
-    micro = jax.tree.map(
-        lambda x: x.reshape(accum_steps, x.shape[0] // accum_steps, *x.shape[1:]), batch)
+    # Strided: micro-batch j is rows j, j + k, ...; each device, holding a block of
+    # rows, holds its share of every micro-batch, so none moves between devices.
+    micro = jax.tree.map(lambda x: x.reshape(
+        x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1), batch)
 
     def accumulate(carry, m):
       grads, batch_stats = carry
@@ -114,7 +116,9 @@ def train_step(state: TrainState, batch: Batch, *, label_smoothing: float = 0.0,
     (grads, batch_stats), (logits, losses) = jax.lax.scan(
         accumulate, (zeros, state.batch_stats), micro)
     grads = jax.tree.map(lambda g: g / accum_steps, grads)
-    logits, losses = logits.reshape(-1, logits.shape[-1]), losses.reshape(-1)
+    # Back to the batch's row order, for the metrics against batch["label"].
+    logits = logits.swapaxes(0, 1).reshape(-1, logits.shape[-1])
+    losses = losses.swapaxes(0, 1).reshape(-1)
   new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   if ema_decay:
     new_state = new_state.replace(ema_params=jax.tree.map(

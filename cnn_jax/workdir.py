@@ -3,6 +3,7 @@ it, and the config of every start of the run kept (history is never rewritten)."
 
 import contextlib
 import datetime
+import fcntl
 import json
 import os
 import socket
@@ -10,6 +11,7 @@ import time
 
 import jax
 
+from cnn_jax import mesh as mesh_lib
 from cnn_jax.errors import WorkdirError
 
 LOCK_FILE = ".lock"
@@ -31,62 +33,53 @@ def check_writable(*directories: str) -> None:
           "--workdir or fix its permissions.") from e
 
 
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 @contextlib.contextmanager
 def locked(workdir: str, say=print):
   """Holds `workdir/.lock` (process 0 of a job) while the block runs.
 
-  A second run in the same workdir is refused at once, naming the holder. A lock left
-  by a process that is gone (same host, dead pid) is taken over, with a message.
+  The lock is an `fcntl.flock` on that file, which the kernel releases when its holder
+  dies: a second run is refused at once, naming the holder; a lock file left by a
+  process that is gone is simply taken, with a message. Every process of the job
+  learns whether process 0 got it.
   """
-  if jax.process_index() != 0:
-    yield
-    return
-  path = os.path.join(workdir, LOCK_FILE)
-  me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-  for _ in range(3):
+  holder = None
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, LOCK_FILE)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
     try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      try:
-        with open(path) as f:
-          holder = json.load(f)
-      except (OSError, ValueError):
-        holder = None  # Being written, or half-written by a process that died.
-      if holder and holder.get("host") == me["host"] and not _alive(holder["pid"]):
-        say(f"taking over the lock of {workdir} left by process {holder['pid']}, "
-            "which is gone")
-        with contextlib.suppress(FileNotFoundError):
-          os.remove(path)
-        continue
-      if holder is None:
-        time.sleep(0.5)
-        continue
-      since = datetime.datetime.fromtimestamp(holder["since"]).isoformat(" ", "seconds")
-      raise WorkdirError(
-          f"{workdir} is in use by another run: process {holder['pid']} on "
-          f"{holder['host']}, since {since}. Wait for it to end or stop it; if it is "
-          f"gone (another host that crashed), delete {path}.")
-    with os.fdopen(fd, "w") as f:
-      json.dump(me, f)
-    break
-  else:
-    raise WorkdirError(f"Could not take the lock {path}; delete it if no run uses "
-                       f"{workdir}.")
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = _read_holder(fd) or {"pid": "?", "host": "?", "since": time.time()}
+      os.close(fd)
+    else:
+      left = _read_holder(fd)
+      if left:
+        say(f"taking over the lock of {workdir} left by process {left['pid']} on "
+            f"{left['host']}, which is gone")
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                "since": time.time()}).encode(), 0)
+  if not mesh_lib.all_processes(holder is None):
+    since = datetime.datetime.fromtimestamp(holder["since"]).isoformat(" ", "seconds") \
+        if holder else "?"
+    raise WorkdirError(
+        f"{workdir} is in use by another run" + (
+            f": process {holder['pid']} on {holder['host']}, since {since}"
+            if holder else " (process 0 of this job could not lock it)") +
+        ". Wait for it to end, or stop it.")
   try:
     yield
   finally:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(path)
+    if jax.process_index() == 0:
+      os.ftruncate(fd, 0)  # Released: no holder to name.
+      os.close(fd)
+
+
+def _read_holder(fd: int) -> dict | None:
+  try:
+    return json.loads(os.pread(fd, 4096, 0).decode() or "null")
+  except ValueError:
+    return None
 
 
 def record_start(workdir: str, config, step: int) -> str:

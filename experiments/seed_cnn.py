@@ -75,7 +75,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Training steps run per dispatch to the device (lax.scan); also the progress bar's tick.
   config.steps_per_dispatch = 50
   # Stop (keeping the last checkpoint, exit 3) when a dispatch's training loss is NaN,
-  # infinite or above divergence_factor x the run's first dispatch loss (0: NaN/inf only).
+  # infinite or above divergence_factor x ln(classes), the loss of a uniform guess
+  # (0: NaN/inf only).
   config.divergence_factor = 10.0
 
   # Evaluators (cnn_jax/evaluators.py): a named split, every N epochs (and after the

@@ -79,3 +79,14 @@ def test_the_validation_split_is_evaluated_and_recorded(named, tmp_path):
   record = run.train_and_evaluate(config, str(tmp_path / "run"))
   assert record["step"] == 3600 // 32
   assert 0.8 < record["validation_accuracy"] <= 1 and record["test_accuracy"] > 0.8
+
+
+@pytest.mark.parametrize("train, validation, other", [
+    ("train", "test[:100]", "test"),
+    ("train", "train[:10%]", "train"),
+])
+def test_a_validation_split_that_overlaps_train_or_test_is_refused(seed_config, train,
+                                                                   validation, other):
+  seed_config.train_split, seed_config.validation_split = train, validation
+  with pytest.raises(data.DatasetError, match=f"shares .* examples with the {other} split"):
+    data.open_splits(seed_config)

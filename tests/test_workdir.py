@@ -24,17 +24,20 @@ def test_a_second_run_is_refused_and_a_stale_lock_taken_over(tmp_path):
     with pytest.raises(WorkdirError, match=f"in use by another run: process {os.getpid()}"):
       with workdir.locked(str(tmp_path)):
         pass
-  assert not os.path.exists(tmp_path / workdir.LOCK_FILE)  # Released.
+  said = []
+  with workdir.locked(str(tmp_path), said.append):  # Released: taken again at once.
+    pass
+  assert said == []
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
   dead.wait()
   import socket  # pylint: disable=g-import-not-at-top
+  host = socket.gethostname()
   (tmp_path / workdir.LOCK_FILE).write_text(json.dumps(
-      {"pid": dead.pid, "host": socket.gethostname(), "since": time.time()}))
-  said = []
+      {"pid": dead.pid, "host": host, "since": time.time()}))  # As a SIGKILL leaves it.
   with workdir.locked(str(tmp_path), said.append):
     assert json.loads((tmp_path / workdir.LOCK_FILE).read_text())["pid"] == os.getpid()
-  assert said == [f"taking over the lock of {tmp_path} left by process {dead.pid}, "
-                  "which is gone"]
+  assert said == [f"taking over the lock of {tmp_path} left by process {dead.pid} on "
+                  f"{host}, which is gone"]
 
 
 def test_two_runs_in_one_workdir(data_dir, tmp_path):
@@ -132,3 +135,12 @@ def one_epoch_copy(data_dir, tmp_path):
   path = str(tmp_path / "run")
   run.train_and_evaluate(config, path)
   return config, path
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume(one_epoch_copy):
+  config, path = one_epoch_copy
+  with open(os.path.join(path, report.METRICS_FILE), "a") as f:
+    f.write('{"epoch": 2, "step": 25')  # A crash in the middle of the append.
+  config.num_epochs = 2
+  run.train_and_evaluate(config, path)
+  assert [r["epoch"] for r in report.read_metrics(path)] == [1, 2]

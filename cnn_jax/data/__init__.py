@@ -13,6 +13,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from cnn_jax import mesh as mesh_lib
 from cnn_jax.data import batching, cache, in_memory, preprocess, source, splits as splits_lib
 from cnn_jax.data import streaming
 from cnn_jax.data.batching import Chunk, Dataset
@@ -64,9 +65,17 @@ def open_splits(config) -> tuple[DatasetInfo, dict[str, splits_lib.Split]]:
 
   if jax.process_count() == 1:
     return open_all()
+  result, error = None, None
   if jax.process_index() == 0:
-    result = open_all()
-  multihost_utils.sync_global_devices("dataset prepared")
+    try:
+      result = open_all()
+    except Exception as e:  # pylint: disable=broad-except
+      error = e  # Told to the others first, so none waits for a process that left.
+  if not mesh_lib.all_processes(error is None):
+    if error is not None:
+      raise error
+    raise DatasetError("Process 0 could not prepare or open the dataset; its message "
+                       "says why.")
   return result if jax.process_index() == 0 else open_all()
 
 

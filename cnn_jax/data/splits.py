@@ -110,6 +110,11 @@ def holdout_mask(labels: np.ndarray, fraction: float) -> np.ndarray:
   return held
 
 
+def _examples(split: Split) -> set[tuple[int, int]]:
+  """(base split, index) of each example: equal across splits of one dataset."""
+  return {(id(base), int(i)) for base, indices in split.parts for i in indices}
+
+
 def named_splits(config, known: list[str],
                  open_base: Callable[[str], BaseSplit]) -> dict[str, Split]:
   """{"train", "test"} and, when the config asks for one, "validation".
@@ -139,6 +144,17 @@ def named_splits(config, known: list[str],
           "leaves examples on both sides.")
     splits["train"] = train.subset(np.nonzero(~held)[0])
     splits["validation"] = train.subset(np.nonzero(held)[0])
+  if "validation" in splits:  # Selection must see neither training nor test examples.
+    held = _examples(splits["validation"])
+    for other in ("train", "test"):
+      shared = len(held & _examples(splits[other]))
+      if shared:
+        raise DatasetError(
+            f"The validation split ({spec or f'{fraction} of {config.train_split!r}'}) "
+            f"shares {shared} examples with the {other} split "
+            f"({config[f'{other}_split']!r}); choosing on it would read "
+            f"{'test' if other == 'test' else 'training'} data. Use disjoint specs, e.g. "
+            "train_split='train[:90%]' with validation_split='train[90%:]'.")
   for name, split in splits.items():
     if not len(split):
       raise DatasetError(f"The {name} split ({config.get(f'{name}_split') or name!r}) "
