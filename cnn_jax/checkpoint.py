@@ -1,6 +1,7 @@
 """Orbax checkpoints of a run: TrainState plus JSON metadata, latest N and best K kept."""
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -162,9 +163,21 @@ class Checkpoints:
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
         if isinstance(x, jax.Array) else x, target)
-    out = self._manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+    restore = lambda item: self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(item),
                                       meta=ocp.args.JsonRestore()))
+    try:
+      out = restore(abstract)
+    except ValueError:
+      # Checkpoints from before a state field was added (ema_params) lack its key:
+      # restore the fields they have; the missing ones are None in `target` too.
+      fields = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract)
+                if f.metadata.get("pytree_node", True)}
+      present = {k: v for k, v in fields.items() if v is not None}
+      if present == fields:
+        raise
+      out = restore(present)
+      out = {"state": abstract.replace(**out["state"]), "meta": out["meta"]}
     return out["state"], dict(out["meta"])
 
   def restore_newest_good(self, target, check_meta=None):

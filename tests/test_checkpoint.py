@@ -77,3 +77,21 @@ def test_all_damaged_is_an_error_not_a_fresh_start(tmp_path):
     again.restore_newest_good(make_state())
   again.close()
   assert os.path.isdir(tmp_path / "ckpt" / "1")
+
+
+def test_checkpoints_from_before_the_ema_field_still_restore(tmp_path):
+  from flax.training import train_state  # pylint: disable=g-import-not-at-top
+
+  class OldState(train_state.TrainState):  # The TrainState before ema_params existed.
+    batch_stats: object = None
+    key: object = None
+  state = trained_state()
+  old = OldState(step=state.step, apply_fn=state.apply_fn, params=state.params,
+                 tx=state.tx, opt_state=state.opt_state, batch_stats=None, key=state.key)
+  ckpts = checkpoint.Checkpoints(str(tmp_path / "ckpt"))
+  ckpts.save(1, old, meta={})
+  ckpts.wait()
+  restored, _ = ckpts.restore(1, make_state(seed=1))
+  ckpts.close()
+  assert restored.ema_params is None
+  assert_states_equal(restored, state)
