@@ -1,5 +1,6 @@
 """Orbax checkpoints of a run: TrainState plus JSON metadata, latest N and best K kept."""
 
+import ast
 import contextlib
 import dataclasses
 import json
@@ -173,12 +174,21 @@ class Checkpoints:
       # restore the fields they have; the missing ones are None in `target` too.
       fields = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract)
                 if f.metadata.get("pytree_node", True)}
-      present = {k: v for k, v in fields.items() if v is not None}
-      if present == fields:
+      on_disk = self._saved_fields(step)
+      present = {k: v for k, v in fields.items() if k in on_disk}
+      if present == fields or any(v is not None for k, v in fields.items()
+                                  if k not in on_disk):
         raise
       out = restore(present)
       out = {"state": abstract.replace(**out["state"]), "meta": out["meta"]}
     return out["state"], dict(out["meta"])
+
+  def _saved_fields(self, step: int) -> set[str]:
+    """The top-level fields of the state saved at `step` (from Orbax's _METADATA)."""
+    path = os.path.join(self.directory, str(step), "state", "_METADATA")
+    with open(path) as f:
+      keys = json.load(f)["tree_metadata"]
+    return {ast.literal_eval(k)[0] for k in keys}
 
   def restore_newest_good(self, target, check_meta=None):
     """Restores the newest step that loads, walking back over damaged ones.

@@ -4,10 +4,11 @@ Two blocks of [Conv 3x3 -> BN -> ReLU] x2 -> max-pool -> Dropout (32, 64 channel
 Dense 256 -> BN -> ReLU -> Dropout -> Dense 10: 871,082 parameters, ~38 MFLOPs per
 image forward (~115 MFLOPs per training image). Random 2-pixel crops and left-right
 flips on training batches; inputs normalised with the training split's mean and std.
-Adam 1e-3 on a cosine schedule down to 0, batch 128, 15 epochs; aims at >= 0.930 test
-accuracy (on an H100, three seeds gave 0.9343-0.9347; the constant rate 0.9333-0.9360
-at its last epoch, but it swings by ~0.005 between epochs; 10 cosine epochs fell short,
-0.9270-0.9305).
+Adam 1e-3 on a cosine schedule down to 0, batch 128, 15 epochs. 10% of train (6,000,
+stratified) is held out as validation, and the best checkpoint by validation accuracy
+is kept: measured on a 2-core CPU, epoch 13 with validation 0.9447 and test 0.9333.
+(Trained on all of train before the hold-out: test 0.9347 at the last epoch; on an
+H100 three seeds gave 0.9343-0.9347; 10 cosine epochs fell short, 0.9270-0.9305.)
 TFDS downloads fashion_mnist where it can;
 offline, prepare it once from its IDX files (Debian: apt-get install
 dataset-fashion-mnist):
