@@ -83,7 +83,6 @@ def jax_worker(batch_size: int, num_images: int, windows: int, model: str = "see
   from cnn_jax import xla_flags  # pylint: disable=g-import-not-at-top
   xla_flags.set_default_flags()
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from cnn_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
