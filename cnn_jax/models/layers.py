@@ -6,6 +6,12 @@ gradients are slow there, the convolution gradients up to 50x inside a `lax.scan
 loop such as `train.train_steps`. The choice is made per backend by
 `lax.platform_dependent` when the program is lowered, so model files and configs
 are the same everywhere: CPU gets the fast formulation, GPU/TPU keep XLA's ops.
+
+Each fast formulation is a `jax.custom_jvp` with a tangent rule linear in the
+tangents: forward mode (`jax.jvp`, `jax.hessian`) runs the rule, and reverse mode
+transposes it, so the rule is written for what its transpose costs. (A
+`jax.custom_vjp` would break forward mode on every backend, since
+`lax.platform_dependent` traces every branch.)
 """
 
 import functools
@@ -15,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 
 def max_pool_2x2_reference(x: jax.Array) -> jax.Array:
@@ -22,23 +29,17 @@ def max_pool_2x2_reference(x: jax.Array) -> jax.Array:
   return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def _max_pool_2x2_even(x: jax.Array) -> jax.Array:
   n, h, w, c = x.shape
   return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
 
 
-def _max_pool_2x2_even_fwd(x):
-  y = _max_pool_2x2_even(x)
-  return y, (x, y)
+def _first_max_mask(windows: jax.Array, y: jax.Array) -> jax.Array:
+  """True at the first maximum of each 2x2 window in row-major order.
 
-
-def _max_pool_2x2_even_bwd(residuals, g):
-  x, y = residuals
-  n, h, w, c = x.shape
-  windows = x.reshape(n, h // 2, 2, w // 2, 2, c)
-  # Like `select_and_scatter`, the gradient goes to the first maximum of each
-  # window in row-major order, so ties are routed exactly as the reference does.
+  `select_and_scatter` routes the gradient there, so ties go where the reference's do.
+  """
   taken = jnp.zeros(y.shape, bool)
   rows = []
   for i in range(2):
@@ -46,12 +47,23 @@ def _max_pool_2x2_even_bwd(residuals, g):
     for j in range(2):
       hit = (windows[:, :, i, :, j, :] == y) & ~taken
       taken = taken | hit
-      cols.append(jnp.where(hit, g, jnp.zeros_like(g)))
+      cols.append(hit)
     rows.append(jnp.stack(cols, axis=3))
-  return (jnp.stack(rows, axis=2).reshape(x.shape),)
+  return jnp.stack(rows, axis=2)
 
 
-_max_pool_2x2_even.defvjp(_max_pool_2x2_even_fwd, _max_pool_2x2_even_bwd)
+@_max_pool_2x2_even.defjvp
+def _max_pool_2x2_even_jvp(primals, tangents):
+  (x,), (t,) = primals, tangents
+  n, h, w, c = x.shape
+  windows = x.reshape(n, h // 2, 2, w // 2, 2, c)
+  y = _max_pool_2x2_even(x)
+  mask = _first_max_mask(windows, y)
+  # Linear in `t` with a constant mask: reverse mode transposes it into the
+  # mask-multiply gradient (a select of the broadcast output gradient), and forward
+  # mode takes the tangent of the element that won each window.
+  t = jnp.where(mask, t.reshape(windows.shape), jnp.zeros((), t.dtype))
+  return y, jnp.sum(t, axis=(2, 4))
 
 
 def max_pool_2x2_reshape(x: jax.Array) -> jax.Array:
@@ -101,39 +113,70 @@ def _conv_shifted_forward(x, w, precision):
   return _conv_valid_reference(x, w, precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _conv_shifted(x, w, precision):
   return _conv_shifted_forward(x, w, precision)
 
 
-def _conv_shifted_fwd(x, w, precision):
-  return _conv_shifted_forward(x, w, precision), (x, w)
+# XLA:CPU computes both gradients of its native convolution as convolutions with
+# unusual dimension orders; outside loops it rewrites them into plain ones, inside a
+# while loop (lax.scan) it does not, and they run up to 50x slower (jax-ml/jax#12868).
+# The tangent rule below is written so that its transpose, which reverse mode runs,
+# holds no such convolution: the two linear maps are chosen for what they transpose to.
 
 
-def _conv_shifted_bwd(precision, residuals, g):
-  x, w = residuals
-  kh, kw, cin, cout = w.shape
-  # XLA:CPU computes both gradients of its native convolution as convolutions
-  # with unusual dimension orders; outside loops it rewrites them into plain
-  # ones, inside a while loop (lax.scan) it does not, and they run up to 50x
-  # slower (jax-ml/jax#12868). Here both are formulated so that no such
-  # convolution is left: the weight gradient as matmuls of the shifted windows
-  # against the output gradient, the input gradient as a plain NHWC x HWIO
-  # convolution of the zero-padded output gradient with the flipped kernel.
+def _conv_input_tangent(tx, w, precision):
+  """conv(tx, w), with the kernel laid out as HWOI.
+
+  Transposing a convolution swaps the kernel's I and O labels, so this one's
+  transpose (the input gradient) is a plain NHWC x HWIO convolution of the padded
+  output gradient with the flipped kernel.
+  """
+  return lax.conv_general_dilated(tx, w.swapaxes(2, 3), (1, 1), "VALID",
+                                  precision=precision,
+                                  dimension_numbers=("NHWC", "HWOI", "NHWC"))
+
+
+def _conv_kernel_tangent(x, tw, precision):
+  """conv(x, tw) as matmuls of the shifted windows of `x` against the taps of `tw`.
+
+  Its transpose (the kernel gradient) is matmuls of the windows against the output
+  gradient. Reverse mode puts the cotangent first in every transposed matmul; the
+  layouts here are the ones, found by measuring, for which XLA:CPU then neither
+  copies the windows nor the output gradient more than once per layer.
+  """
+  kh, kw, cin, cout = tw.shape
   windows = _shifted_windows(x, kh, kw)
-  if kh * kw * cin <= MAX_IM2COL_FEATURES:  # One matmul over all taps at once.
-    dw = lax.dot_general(jnp.stack(windows), g, (((1, 2, 3), (0, 1, 2)), ((), ())),
-                         precision=precision)
-  else:  # One matmul per tap: no kh * kw copies of the input held at once.
-    dw = jnp.stack([lax.dot_general(win, g, (((0, 1, 2), (0, 1, 2)), ((), ())),
-                                    precision=precision) for win in windows])
-  # Unused for the first layer's input, and then removed by XLA.
-  flipped = jnp.flip(w, (0, 1)).swapaxes(2, 3)
-  padded = jnp.pad(g, ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
-  return _conv_valid_reference(padded, flipped, precision), dw.reshape(kh, kw, cin, cout)
+  n, ho, wo, _ = windows[0].shape
+  if kh * kw * cin <= MAX_IM2COL_FEATURES:
+    # One 2-D matmul over all taps: XLA swaps its transposed operands back into
+    # windows x gradient, so with one input channel nothing is copied.
+    patches = jnp.stack(windows).reshape(kh * kw, n * ho * wo, cin)
+    patches = patches.swapaxes(1, 2).reshape(kh * kw * cin, n * ho * wo)
+    out = lax.dot_general(patches, tw.reshape(kh * kw * cin, cout),
+                          (((0,), (0,)), ((), ())), precision=precision)
+    return out.reshape(n, ho, wo, cout)
+  # One matmul per tap (no kh * kw copies of the input held at once), against the
+  # tap as [cout, cin], the layout the transposed matmul produces.
+  taps = tw.reshape(kh * kw, cin, cout).swapaxes(1, 2)
+  return sum(lax.dot_general(win, taps[k], (((3,), (1,)), ((), ())), precision=precision)
+             for k, win in enumerate(windows))
 
 
-_conv_shifted.defvjp(_conv_shifted_fwd, _conv_shifted_bwd)
+def _conv_shifted_jvp(precision, primals, tangents):
+  (x, w), (tx, tw) = primals, tangents
+  y = _conv_shifted(x, w, precision)
+  # Symbolic zeros: the input of the first layer (the data) has no tangent, and its
+  # term must cost nothing, not a convolution of zeros.
+  terms = []
+  if type(tx) is not SymbolicZero:
+    terms.append(_conv_input_tangent(tx, w, precision))
+  if type(tw) is not SymbolicZero:
+    terms.append(_conv_kernel_tangent(x, tw, precision))
+  return y, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(y)
+
+
+_conv_shifted.defjvp(_conv_shifted_jvp, symbolic_zeros=True)
 
 
 def conv_shifted(lhs: jax.Array, rhs: jax.Array, padding: Sequence[tuple[int, int]],
