@@ -166,3 +166,33 @@ def test_hessian_matches_reference_layers(wrt):
   assert hessian.shape == value.shape * 2
   _close(hessian, hessian_ref, 1e-4, 1e-4)
   assert float(jnp.abs(hessian_ref).max()) > 1e-3  # Not vacuous.
+
+
+class _PoolNet(nn.Module):
+  """The pattern where a max-pool gradient once went wrong under jit only."""
+  pool: Any
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.BatchNorm(use_running_average=False)(
+        nn.Conv(8, (3, 3), use_bias=False)(x)))
+    x = nn.Dropout(0.2, deterministic=False)(self.pool(x))
+    return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+def test_max_pool_gradient_in_a_jitted_network_matches_reference():
+  x = jax.random.normal(jax.random.key(1), (4, 14, 14, 4))
+  labels = jnp.arange(4)
+
+  def grads(pool):
+    model = _PoolNet(pool)
+    variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(3)}, x)
+
+    def loss(params):
+      logits, _ = model.apply({**variables, "params": params}, x, mutable=["batch_stats"],
+                              rngs={"dropout": jax.random.key(3)})
+      return jnp.mean(train.cross_entropy(logits, labels))
+    return jax.jit(jax.grad(loss))(variables["params"])
+
+  jax.tree.map(lambda a, b: _close(a, b, 1e-5, 1e-6),
+               grads(layers.max_pool_2x2), grads(layers.max_pool_2x2_reference))
