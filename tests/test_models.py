@@ -6,6 +6,7 @@ import pytest
 
 from cnn_jax import errors
 from cnn_jax import models
+from cnn_jax import testing
 
 
 def param_shapes(model, shape):
@@ -48,6 +49,13 @@ def test_models_are_pure_functions():
 def test_unknown_model_lists_known_ones():
   with pytest.raises(ValueError, match=r"Unknown model 'resnet9000'.*seed_cnn"):
     models.build_model("resnet9000", num_classes=10)
+
+
+def test_seed_cnn_passes_check_model():
+  # The 1 vs 8 devices check of seed_cnn is test_train.py's.
+  report = testing.check_model("seed_cnn", (28, 28, 1), 10, expected_params=347_146,
+                               checks=[c for c in testing.CHECKS if c != "devices"])
+  assert report["params"] == report["gradients"] == report["jit"] == "ok"
 
 
 EXTERNAL = '''
