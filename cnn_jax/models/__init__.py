@@ -16,12 +16,22 @@ from typing import Callable
 import flax.linen as nn
 
 from cnn_jax import errors
+from cnn_jax.models import lenet, resnet, vit, wide_resnet
 from cnn_jax.models.seed_cnn import SeedCNN
 from cnn_jax.models.vgg import VGGBN
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "seed_cnn": SeedCNN,
     "vgg_bn": VGGBN,
+    "lenet5": lenet.LeNet5,
+    "resnet20": resnet.ResNet20,
+    "resnet32": resnet.ResNet32,
+    "resnet56": resnet.ResNet56,
+    "resnet18": resnet.ResNet18,
+    "resnet50": resnet.ResNet50,
+    "wrn16_4": wide_resnet.WRN16_4,
+    "wrn28_10": wide_resnet.WRN28_10,
+    "vit_tiny": vit.ViTTiny,
 }
 
 
@@ -87,7 +97,8 @@ def resolve_model(name: str) -> Callable[..., nn.Module]:
 def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
   """Returns the model `name` (see `resolve_model`) with `num_classes` output logits.
 
-  `kwargs` (config.model_kwargs) are its constructor's fields.
+  `kwargs` (config.model_kwargs) are its constructor's fields; parts such as `conv`,
+  `norm` and `act` may be names (models/components.py).
   """
   constructor = resolve_model(name)
   cls = _module_class(constructor)
