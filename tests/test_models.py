@@ -58,6 +58,23 @@ def test_seed_cnn_passes_check_model():
   assert report["params"] == report["gradients"] == report["jit"] == "ok"
 
 
+def test_summary_counts_parameters_and_forward_flops():
+  summary = models.summary(models.build_model("seed_cnn", 10), (28, 28, 1))
+  assert summary["params"] == 347_146 and summary["batch_stats"] == 0
+  # Multiply-adds of the conv, the two dense layers; XLA also counts bias, relu, pool.
+  analytic = 2 * (26 * 26 * 32 * 9 + 5408 * 64 + 64 * 10)
+  assert analytic <= summary["flops_per_image"] < 1.2 * analytic
+  batched = models.summary(models.build_model("seed_cnn", 10), (28, 28, 1), batch_size=8)
+  np.testing.assert_allclose(batched["flops_per_image"], summary["flops_per_image"],
+                             rtol=0.01)
+
+
+def test_summary_of_a_big_model_needs_no_parameters():
+  summary = models.summary(models.build_model("resnet50", 1000), (224, 224, 3))
+  assert summary["params"] == 25_557_032 and summary["batch_stats"] == 53_120
+  assert 7e9 < summary["flops_per_image"] < 9e9  # ~4.1G multiply-adds.
+
+
 EXTERNAL = '''
 import flax.linen as nn
 
@@ -130,7 +147,8 @@ def test_unknown_model_kwargs_are_named():
 
 def test_runner_trains_a_model_from_outside_the_package(outside, seed_config, tmp_path):
   from cnn_jax import run
-  seed_config.model = f"{outside}:TinyNet"  # As --config.model=outside_models.nets:TinyNet.
+  # As --config.model=outside_models.nets:TinyNet on the command line.
+  seed_config.model = f"{outside}:TinyNet"
   seed_config.model_kwargs = dict(features=2)
   seed_config.train_split = "train[:256]"
   record = run.train_and_evaluate(seed_config, str(tmp_path / "run"))

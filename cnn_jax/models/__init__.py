@@ -17,6 +17,7 @@ import flax.linen as nn
 
 from cnn_jax import errors
 from cnn_jax.models import lenet, resnet, vit, wide_resnet
+from cnn_jax.models.costs import summary
 from cnn_jax.models.seed_cnn import SeedCNN
 from cnn_jax.models.vgg import VGGBN
 
@@ -110,4 +111,4 @@ def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
   return constructor(num_classes=num_classes, **kwargs)
 
 
-__all__ = ["MODELS", "build_model", "resolve_model"]
+__all__ = ["MODELS", "build_model", "resolve_model", "summary"]
