@@ -119,8 +119,9 @@ class _Checker:
 
   def deterministic(self) -> str:
     # Traced anew: randomness drawn while tracing (numpy's, Python's) shows up here.
-    retraced = jax.jit(functools.partial(train.create_train_state, self.model,
-                                         image_shape=self.image_shape, tx=optax.adam(1e-3)))
+    retraced = jax.jit(functools.partial(
+        train.create_train_state, self.model, image_shape=self.image_shape,
+        tx=optax.adam(1e-3)))
     state = self.state()
     if not _equal((state.params, state.batch_stats),
                   (lambda s: (s.params, s.batch_stats))(retraced(self.key))):
@@ -128,7 +129,8 @@ class _Checker:
                 "again: does the model draw randomness other than from its rngs (numpy, "
                 "Python's random)?")
     (a, metrics_a), (b, metrics_b) = (self.step(state, self.batch) for _ in range(2))
-    if not _equal(a.params, b.params) or float(metrics_a["loss"]) != float(metrics_b["loss"]):
+    if (not _equal(a.params, b.params)
+        or float(metrics_a["loss"]) != float(metrics_b["loss"])):
       self.fail("deterministic", "the same step from the same state gave other bits.")
     if _equal(state.params, self.state(key=jax.random.fold_in(self.key, 1)).params):
       self.fail("deterministic", "another seed gave the same initial parameters.")
@@ -165,8 +167,8 @@ class _Checker:
         variables = {"params": params}
         if stats is not None:
           variables["batch_stats"] = stats
-        logits, _ = self.model.apply(variables, image, train=True, mutable=["batch_stats"],
-                                     rngs={"dropout": self.key})
+        logits, _ = self.model.apply(variables, image, train=True,
+                                     mutable=["batch_stats"], rngs={"dropout": self.key})
         return jnp.mean(train.cross_entropy(logits, self.batch["label"]))
 
       grads = jax.grad(loss)(params)
@@ -210,11 +212,12 @@ class _Checker:
     unchanged = jax.tree_util.tree_map_with_path(
         lambda path, a, b: jax.tree_util.keystr(path) if np.array_equal(a, b) else None,
         state.batch_stats, new.batch_stats)
-    still = jax.tree.leaves(unchanged)  # The None leaves (statistics that moved) drop out.
+    still = jax.tree.leaves(unchanged)  # None (a statistic that moved) is no leaf.
     if still:
       self.fail("batch_stats", f"a training step left {', '.join(still)} unchanged.")
     variables = {"params": new.params, "batch_stats": new.batch_stats}
-    apply = jax.jit(functools.partial(self.model.apply, train=False, mutable=["batch_stats"]))
+    apply = jax.jit(functools.partial(self.model.apply, train=False,
+                                      mutable=["batch_stats"]))
     (a, stats), (b, _) = apply(variables, self.batch["image"]), apply(variables,
                                                                       self.batch["image"])
     if not np.array_equal(a, b):

@@ -96,7 +96,8 @@ class NumpyInit(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    scale = self.param("scale", lambda key, shape: jnp.asarray(np.random.rand(*shape)), (1,))
+    init = lambda key, shape: jnp.asarray(np.random.rand(*shape))
+    scale = self.param("scale", init, (1,))
     return scale * nn.Dense(self.num_classes)(x.reshape((x.shape[0], -1)))
 
 
@@ -105,7 +106,8 @@ class NumpyInit(nn.Module):
      r"check_model\(Mlp\) params: 163 parameters, expected 1\."),
     (Mlp(num_classes=3, extra_logit=True), ("shapes",), {},
      r"shapes: train=False: logits float32\[4, 4\], expected floating \[4, 3\]"),
-    (NoTrainArgument, ("shapes",), {}, r"Models are called as __call__\(self, x, train\)"),
+    (NoTrainArgument, ("shapes",), {},
+     r"Models are called as __call__\(self, x, train\)"),
     (WrongDerivative, ("gradients",), {},
      r"gradients: rev-mode derivatives differ from finite differences"),
     (Frozen, ("learns",), {}, r"learns: 10 Adam steps .* not 1% lower"),
@@ -137,4 +139,5 @@ def test_arguments_are_checked():
   with pytest.raises(ValueError, match=r"Unknown checks \['speed'\]"):
     testing.check_model(Mlp, (4, 4, 1), 3, checks=("speed",))
   with pytest.raises(ValueError, match="model_kwargs go with a model name or factory"):
-    testing.check_model(Mlp(num_classes=3), (4, 4, 1), 3, model_kwargs=dict(extra_logit=1))
+    testing.check_model(Mlp(num_classes=3), (4, 4, 1), 3,
+                        model_kwargs=dict(extra_logit=1))
