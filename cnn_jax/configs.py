@@ -6,7 +6,6 @@ combinations: batch sizes that divide over the devices and processes, `model_kwa
 against the model's fields, the selection metric against the evaluators.
 """
 
-import dataclasses
 import math
 import numbers
 
@@ -144,19 +143,8 @@ def check(config, device_count: int, process_count: int) -> None:
   if config.validation_split and config.validation_fraction:
     _fail("validation_fraction", config.validation_fraction,
           f"0 when validation_split={config.validation_split!r} names a split")
-  check_model(config.model, dict(config.model_kwargs))
+  models.check_model(config.model, dict(config.model_kwargs))
   splits = ["train", *(["validation"] if config.validation_split or
                        config.validation_fraction else []), "test"]
   evaluators = evaluators_lib.from_config(config.evals, splits, ema=config.ema_decay > 0)
   evaluators_lib.check_selection(config.best_metric, evaluators)
-
-
-def check_model(name: str, kwargs: dict) -> None:
-  """The model exists and takes the given constructor arguments."""
-  cls = models.model_class(name)
-  fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name", "num_classes"}
-  unknown = sorted(set(kwargs) - fields)
-  if unknown:
-    raise ConfigError(
-        f"config.model_kwargs has {', '.join(unknown)}, which model {name!r} does not "
-        f"take; its arguments: {', '.join(sorted(fields)) or 'none'}.")

@@ -148,7 +148,8 @@ def test_forward_mode_matches_reference_layers():
     _close(tangent, tangent_ref, 1e-4, 1e-4)
 
 
-@pytest.mark.parametrize("wrt", ["Conv_0/kernel", "Conv_0/bias", "Conv_1/kernel", "input"])
+@pytest.mark.parametrize("wrt", [
+    "Conv_0/kernel", "Conv_0/bias", "Conv_1/kernel", "input"])
 def test_hessian_matches_reference_layers(wrt):
   variables, x = _tiny_inputs((1, 4, 4, 1))
 
@@ -160,7 +161,11 @@ def test_hessian_matches_reference_layers(wrt):
               layer: {**variables["params"][layer], name: value}}
     return module.apply({"params": params}, x)
 
-  value = x if wrt == "input" else variables["params"][wrt.split("/")[0]][wrt.split("/")[1]]
+  if wrt == "input":
+    value = x
+  else:
+    layer, name = wrt.split("/")
+    value = variables["params"][layer][name]
   hessian = jax.jit(jax.hessian(functools.partial(loss, FAST)))(value)
   hessian_ref = jax.hessian(functools.partial(loss, REFERENCE))(value)
   assert hessian.shape == value.shape * 2

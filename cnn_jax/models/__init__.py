@@ -1,26 +1,121 @@
-"""The model registry: one dict from config name to Flax module class."""
+"""The model registry: one dict from config name to model constructor, and the
+standard `module:attr` form for models that live outside the package.
+
+`--config.model=vgg_bn` builds a model of the zoo; `--config.model=my_models.net:MyNet`
+imports `my_models.net` (from the directory the run starts in, PYTHONPATH, or an
+installed package) and builds its `MyNet`, a `flax.linen.Module` with a `num_classes`
+field whose `__call__(x, train)` returns logits. `config.model_kwargs` go to its
+constructor either way.
+"""
+
+import dataclasses
+import functools
+import importlib
+from typing import Callable
 
 import flax.linen as nn
 
-from cnn_jax.errors import ConfigError
+from cnn_jax import errors
+from cnn_jax.models import lenet, resnet, vit, wide_resnet
+from cnn_jax.models.costs import summary
 from cnn_jax.models.seed_cnn import SeedCNN
 from cnn_jax.models.vgg import VGGBN
 
-MODELS: dict[str, type[nn.Module]] = {
+MODELS: dict[str, Callable[..., nn.Module]] = {
     "seed_cnn": SeedCNN,
     "vgg_bn": VGGBN,
+    "lenet5": lenet.LeNet5,
+    "resnet20": resnet.ResNet20,
+    "resnet32": resnet.ResNet32,
+    "resnet56": resnet.ResNet56,
+    "resnet18": resnet.ResNet18,
+    "resnet50": resnet.ResNet50,
+    "wrn16_4": wide_resnet.WRN16_4,
+    "wrn28_10": wide_resnet.WRN28_10,
+    "vit_tiny": vit.ViTTiny,
 }
 
 
-def model_class(name: str) -> type[nn.Module]:
-  """The registered model class `name`."""
+def _module_class(constructor) -> type | None:
+  """The linen Module class `constructor` builds (itself, or a partial's), or None."""
+  while isinstance(constructor, functools.partial):
+    constructor = constructor.func
+  if isinstance(constructor, type) and issubclass(constructor, nn.Module):
+    return constructor
+  return None
+
+
+def _fields(cls: type[nn.Module]) -> set[str]:
+  # Flax's own fields (parent, name) are not the model's to configure.
+  return {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+
+
+def _import(spec: str) -> Callable[..., nn.Module]:
+  module_name, _, attr = spec.partition(":")
+  if not module_name or not attr:
+    raise errors.ConfigError(
+        f"model={spec!r}: write an outside model as 'package.module:ClassName'.")
+  try:
+    obj = importlib.import_module(module_name)
+  except ModuleNotFoundError as e:
+    # Only the named module (or its package) missing is the config's mistake; a
+    # module that fails on its own imports keeps its traceback.
+    if e.name is None or not (module_name + ".").startswith(e.name + "."):
+      raise
+    raise errors.ConfigError(
+        f"model={spec!r}: no module named {e.name!r}. It must be importable from the "
+        "directory the run starts in (./run.sh runs in the repository root), from "
+        "PYTHONPATH, or be installed.") from None
+  for part in attr.split("."):
+    if not hasattr(obj, part):
+      defined = sorted(k for k, v in vars(obj).items() if _module_class(v) is not None)
+      raise errors.ConfigError(
+          f"model={spec!r}: {obj.__name__!r} has no attribute {part!r}; the linen "
+          f"Modules it defines: {', '.join(defined) or 'none'}.")
+    obj = getattr(obj, part)
+  cls = _module_class(obj)
+  if cls is None or "num_classes" not in _fields(cls):
+    what = (f"the Module {cls.__name__}, which has no num_classes field" if cls
+            else f"a {type(obj).__name__}, not a flax.linen.Module subclass")
+    raise errors.ConfigError(
+        f"model={spec!r} is {what}. Point it at a linen Module class with a "
+        "`num_classes: int` field whose __call__(x, train) returns logits.")
+  return obj
+
+
+def resolve_model(name: str) -> Callable[..., nn.Module]:
+  """The constructor `name` stands for: a MODELS key, or 'module:attr' outside."""
+  if ":" in name:
+    return _import(name)
   if name not in MODELS:
-    raise ConfigError(
+    raise errors.ConfigError(
         f"Unknown model {name!r}. Known models: {', '.join(sorted(MODELS))}. "
-        "Add one by registering its class in cnn_jax/models/__init__.py:MODELS.")
+        "Register a class in cnn_jax/models/__init__.py:MODELS, or name one outside "
+        "the package as --config.model=package.module:ClassName.")
   return MODELS[name]
 
 
 def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
-  """Returns the registered model `name` with `num_classes` output logits."""
-  return model_class(name)(num_classes=num_classes, **kwargs)
+  """Returns the model `name` (see `resolve_model`) with `num_classes` output logits.
+
+  `kwargs` (config.model_kwargs) are its constructor's fields; parts such as `conv`,
+  `norm` and `act` may be names (models/components.py).
+  """
+  return check_model(name, kwargs)(num_classes=num_classes, **kwargs)
+
+
+def check_model(name: str, kwargs: dict) -> Callable[..., nn.Module]:
+  """The constructor of model `name`, after checking it takes `kwargs`; raises
+  ConfigError naming the model or arguments that are wrong."""
+  constructor = resolve_model(name)
+  cls = _module_class(constructor)
+  unknown = set(kwargs) - _fields(cls) if cls is not None else set()
+  if unknown:
+    raise errors.ConfigError(
+        f"config.model_kwargs has {', '.join(sorted(unknown))}, which model {name!r} "
+        f"does not take; its arguments: "
+        f"{', '.join(sorted(_fields(cls) - {'num_classes'})) or 'none'}.")
+  return constructor
+
+
+__all__ = ["MODELS", "build_model", "check_model", "resolve_model", "summary"]

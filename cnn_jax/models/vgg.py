@@ -5,7 +5,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 
-from cnn_jax.models import layers
+from cnn_jax.models import components, layers
 
 
 class VGGBN(nn.Module):
@@ -17,9 +17,10 @@ class VGGBN(nn.Module):
   For 28x28x1 inputs, 10 classes and the defaults it has 871,082 parameters (plus 896
   BatchNorm statistics) and costs about 19.1M multiply-adds per image forward.
 
-  `conv` is the convolution module: `layers.Conv` (XLA's op, and on CPU a formulation
-  that stays fast inside `lax.scan`) or `nn.Conv` (XLA's op everywhere); both have the
-  same parameters.
+  `conv`, `norm` and `act` are the parts it is built from (models/components.py), by
+  name or as objects: `conv` "fast" (`layers.Conv`: XLA's op, and on CPU a
+  formulation that stays fast inside `lax.scan`) or "xla" (`nn.Conv`), both with the
+  same parameters; `norm` "batch", "group", "layer" or "none"; `act` "relu", "gelu", ...
   """
 
   num_classes: int
@@ -30,18 +31,22 @@ class VGGBN(nn.Module):
   head_dropout_rate: float = 0.3
   bn_momentum: float = 0.9
   conv: Any = layers.Conv
+  norm: Any = "batch"
+  act: Any = "relu"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum)
+    conv = components.conv(self.conv)
+    norm = components.norm(self.norm, train, self.bn_momentum)
+    act = components.act(self.act)
     for width in self.widths:
       for _ in range(self.convs_per_block):
-        x = self.conv(width, (3, 3), padding="SAME", use_bias=False)(x)
-        x = nn.relu(norm()(x))
+        x = conv(width, (3, 3), padding="SAME", use_bias=False)(x)
+        x = act(norm()(x))
       x = layers.max_pool_2x2(x)
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))
     x = nn.Dense(self.hidden, use_bias=False)(x)
-    x = nn.relu(norm()(x))
+    x = act(norm()(x))
     x = nn.Dropout(self.head_dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes)(x)

@@ -1,0 +1,121 @@
+"""The interchangeable parts the zoo's networks are built from: convolution,
+normalisation, activation and pooling, one registry dict per kind.
+
+Blocks take the parts they use as attributes, as flax's ImageNet example passes
+`conv`, `norm` and `act`, so GroupNorm instead of BatchNorm, another activation or no
+normalisation at all is a config value, not a code edit:
+
+  config.model_kwargs = dict(norm="group", act="gelu")
+
+Each attribute is either a name from the dict of its kind (what a config holds) or
+the object itself, of the form that dict's values have (what Python code may pass).
+"""
+
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cnn_jax import errors
+from cnn_jax.models import layers
+
+ModuleDef = Any
+
+# Module classes called as conv(features, kernel_size, strides=..., padding=...,
+# use_bias=...). "fast" is XLA's op, and on CPU a formulation that stays fast inside
+# lax.scan (models/layers.py); "xla" is XLA's op everywhere. Same parameters.
+CONVS: dict[str, ModuleDef] = {
+    "fast": layers.Conv,
+    "xla": nn.Conv,
+}
+
+
+class GroupNorm(nn.Module):
+  """GroupNorm (Wu & He, 2018) with `groups` groups or, where the channels do not
+  divide into that many groups of two or more, the most groups that do (16 channels:
+  8 groups), so one setting serves every width of a network. (A group of one feature
+  of a dense layer would normalise every value to zero.)"""
+
+  groups: int = 32
+  scale_init: Callable = nn.initializers.ones
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    channels = x.shape[-1]
+    groups = next(g for g in range(min(self.groups, max(1, channels // 2)), 0, -1)
+                  if channels % g == 0)
+    norm = nn.GroupNorm(num_groups=groups, scale_init=self.scale_init)
+    nn.share_scope(self, norm)  # Its parameters sit directly under this module.
+    return norm(x)
+
+
+def _identity_norm(**unused_kwargs):
+  return lambda x: x
+
+
+# Functions of (train, momentum) returning a module constructor called as
+# norm(name=..., scale_init=...). Only BatchNorm keeps statistics (in `batch_stats`,
+# updated while training with `momentum`); the others normalise each example alone.
+NORMS: dict[str, Callable[[bool, float], ModuleDef]] = {
+    "batch": lambda train, momentum: functools.partial(
+        nn.BatchNorm, use_running_average=not train, momentum=momentum, epsilon=1e-5),
+    "group": lambda train, momentum: GroupNorm,
+    "layer": lambda train, momentum: nn.LayerNorm,
+    "none": lambda train, momentum: _identity_norm,
+}
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu,
+    "gelu": nn.gelu,
+    "silu": nn.silu,
+    "elu": nn.elu,
+    "leaky_relu": nn.leaky_relu,
+    "tanh": jnp.tanh,
+    "sigmoid": nn.sigmoid,
+}
+
+
+def _avg_pool_2x2(x: jax.Array) -> jax.Array:
+  return nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+
+# 2x2/2 VALID pooling functions of [N, H, W, C] activations.
+POOLS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "max": layers.max_pool_2x2,
+    "avg": _avg_pool_2x2,
+}
+
+
+def lookup(registry: dict, value: Any, field: str, what: str) -> Any:
+  """`registry[value]` for a name, `value` itself otherwise; an unknown name is a
+  ConfigError naming the model_kwargs `field` and the known names."""
+  if not isinstance(value, str):
+    return value
+  if value not in registry:
+    raise errors.ConfigError(
+        f"model_kwargs {field}={value!r} is not a known {what}; choose one of "
+        f"{', '.join(sorted(registry))} (cnn_jax/models/components.py).")
+  return registry[value]
+
+
+def conv(value: str | ModuleDef) -> ModuleDef:
+  """The convolution module class named `value` in CONVS (or `value` itself)."""
+  return lookup(CONVS, value, "conv", "convolution")
+
+
+def norm(value: str | Callable, train: bool, momentum: float = 0.9) -> ModuleDef:
+  """The normalisation module constructor for `value` (a NORMS name or a function
+  of the same form) in training (`train`) or evaluation mode."""
+  return lookup(NORMS, value, "norm", "normalisation")(train, momentum)
+
+
+def act(value: str | Callable) -> Callable[[jax.Array], jax.Array]:
+  """The activation function named `value` in ACTIVATIONS (or `value` itself)."""
+  return lookup(ACTIVATIONS, value, "act", "activation")
+
+
+def pool(value: str | Callable) -> Callable[[jax.Array], jax.Array]:
+  """The 2x2/2 pooling function named `value` in POOLS (or `value` itself)."""
+  return lookup(POOLS, value, "pool", "pooling")
