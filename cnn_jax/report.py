@@ -1,5 +1,6 @@
 """What a run tells its user: console lines, a progress bar, metrics.jsonl, config.json,
-dataset.json, evaluation details (evals/<name>/<step>.json) and TensorBoard events.
+dataset.json, model.json, evaluation details (evals/<name>/<step>.json) and TensorBoard
+events.
 
 TensorBoard event files (`tensorboard/` in the workdir) are written with tensorboardX,
 which needs no TensorFlow: training loss, accuracy and learning rate after every
@@ -18,6 +19,7 @@ from tqdm import tqdm
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 DATASET_FILE = "dataset.json"
+MODEL_FILE = "model.json"
 EVALS_DIR = "evals"
 TENSORBOARD_DIR = "tensorboard"
 # Record keys that are per-epoch speeds and times, shown under "speed/" in TensorBoard.
@@ -64,6 +66,12 @@ class Reporter:
         "channel_mean": None if mean is None else np.asarray(mean).tolist(),
         "channel_std": None if std is None else np.asarray(std).tolist()}, indent=2))
 
+  def write_model(self, name: str, summary: dict) -> None:
+    """model.json: the model's name, parameter count and forward FLOPs per image."""
+    if self.is_main:
+      _atomic_write(os.path.join(self.workdir, MODEL_FILE),
+                    json.dumps({"model": name, **summary}, indent=2))
+
   def scalars(self, step: int, values: dict) -> None:
     """TensorBoard scalars of the training steps up to `step`."""
     if self.is_main:
@@ -109,6 +117,14 @@ class Reporter:
     """A progress bar over an epoch's steps, on a terminal only."""
     return tqdm(total=total, initial=initial, desc=f"epoch {epoch}", unit="step",
                 leave=False, disable=not (self.is_main and sys.stdout.isatty()))
+
+
+def model_line(summary: dict) -> str:
+  """'347,146 parameters, 2.41 MFLOPs forward per image' from `models.summary`."""
+  flops = summary["flops_per_image"]
+  return (f"{summary['params']:,} parameters, " +
+          ("forward FLOPs not reported by this backend" if flops is None else
+           f"{flops / 1e6:,.2f} MFLOPs forward per image"))
 
 
 def accuracy_summary(record: dict, evaluators) -> str:

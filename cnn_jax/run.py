@@ -97,6 +97,7 @@ class Experiment:
   schedule: callable  # Optimizer step -> learning rate.
   load_sec: float  # Time to open the dataset and load it onto the devices.
   evaluators: list[evaluators_lib.Evaluator]
+  model_summary: dict  # models.summary: parameters and forward FLOPs per image.
 
   def evaluate(self, state, ev: evaluators_lib.Evaluator) -> tuple[dict, dict]:
     """(scalars, details) of evaluator `ev` on `state`: every example of its split."""
@@ -178,7 +179,7 @@ def build_experiment(config) -> Experiment:
                         static_argnames=("top_k", "ema"))
   return Experiment(config, mesh, data, state, train_chunk, evaluate_fn,
                     fingerprint(config, info), optim.make_schedule(**schedule), load_sec,
-                    evaluators)
+                    evaluators, models.summary(model, info.image_shape))
 
 
 def open_checkpoints(config, workdir: str) -> checkpoint_lib.Checkpoints:
@@ -225,6 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       workdir_lib.record_start(workdir, config, int(metrics_lib.host_value(state.step)))
       reporter.write_config(config)
       reporter.write_dataset(exp.data.info, exp.data.channel_stats)
+      reporter.write_model(config.model, exp.model_summary)
       record = _train(exp, state, epoch_sums, ckpts, reporter, workdir, stop)
     finally:
       ckpts.close()
@@ -279,6 +281,7 @@ def _train(exp: Experiment, state, epoch_sums, ckpts, reporter, workdir: str,
   step = int(metrics_lib.host_value(state.step))
   record = None
   splits = " / ".join(f"{n} {s}" for s, n in info.splits.items())
+  reporter.info(f"{config.model}: {report_lib.model_line(exp.model_summary)}")
   reporter.info(
       f"{config.model} on {info.name}: {splits}, "
       f"image {info.image_shape}, {info.num_classes} classes, {exp.mesh.devices.size} "

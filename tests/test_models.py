@@ -140,8 +140,8 @@ def test_outside_module_failing_its_own_imports_keeps_its_traceback(outside):
 
 def test_unknown_model_kwargs_are_named():
   with pytest.raises(errors.ConfigError,
-                     match=r"model_kwargs hiden not taken by model 'seed_cnn'; it takes: "
-                           r"features, hidden\."):
+                     match=r"model_kwargs has hiden, which model 'seed_cnn' does not "
+                           r"take; its arguments: features, hidden\."):
     models.build_model("seed_cnn", 10, hiden=3)
 
 

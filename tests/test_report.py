@@ -71,5 +71,18 @@ def test_the_console_has_only_our_lines(tmp_path):
   assert out.stderr == ""
   lines = out.stdout.splitlines()
   assert lines[0].startswith("Preparing mnist_5k 1.0.0 in ")
-  ours = ("Preparing ", "Cached the decoded ", "seed_cnn on mnist_5k", "epoch ", "final ")
+  ours = ("Preparing ", "Cached the decoded ", "seed_cnn: 347,146 parameters, ",
+          "seed_cnn on mnist_5k", "epoch ", "final ")
   assert all(line.startswith(ours) for line in lines), lines
+  assert any(line.startswith(ours[2]) and line.endswith(" MFLOPs forward per image")
+             for line in lines), lines
+
+
+def test_the_run_records_its_model_size_and_flops(trained_run):
+  from cnn_jax import models
+  _, workdir, _ = trained_run
+  recorded = report.read_json(workdir, report.MODEL_FILE)
+  assert recorded["model"] == "seed_cnn"
+  assert recorded["params"] == 347_146 and recorded["batch_stats"] == 0
+  expected = models.summary(models.build_model("seed_cnn", 10), (28, 28, 1))
+  assert recorded["flops_per_image"] == expected["flops_per_image"] > 0
