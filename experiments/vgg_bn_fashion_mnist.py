@@ -30,9 +30,14 @@ def get_config():
   config.flip = True  # Clothes stay clothes when mirrored (digits would not).
   config.normalize = True
   config.batch_size = 128
-  config.num_epochs = 15
+  config.num_epochs = 20
   config.learning_rate = 1e-3
   config.lr_schedule = "cosine"
+  # The recipe: AdamW with decoupled weight decay (not on biases or BatchNorm) and
+  # label smoothing, 20 cosine epochs.
+  config.optimizer = "adamw"
+  config.weight_decay = 0.05
+  config.label_smoothing = 0.1
   # 10% of train (6,000, stratified) held out: selection reads validation only.
   config.validation_fraction = 0.1
   config.keep_best_checkpoints = 1
