@@ -68,11 +68,29 @@ def test_conv_matches_flax_conv(shape, padding):
   jax.tree.map(lambda a, b: _close(a, b, 1e-4, 1e-4), grads, grads_ref)
 
 
-def test_conv_falls_back_for_strides():
-  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
-  fast, ref = (cls(4, (3, 3), strides=2) for cls in (layers.Conv, nn.Conv))
+@pytest.mark.parametrize("shape,kernel,strides,padding", [
+    ((2, 28, 28, 3), (3, 3), 2, ((1, 1), (1, 1))),  # ResNet's downsampling conv.
+    ((2, 7, 7, 16), (3, 3), 2, "SAME"),  # Odd size: the last block is partial.
+    ((2, 9, 8, 3), (1, 1), 2, "VALID"),  # A projection shortcut.
+    ((1, 15, 14, 3), (7, 7), 2, ((3, 3), (3, 3))),  # ResNet-18's stem.
+    ((2, 10, 11, 2), (3, 2), (3, 2), ((0, 1), (2, 0))),  # Uneven everything.
+    ((1, 12, 12, 3), (4, 4), 4, "VALID")])  # A ViT-style patch embedding.
+def test_strided_conv_matches_flax_conv(shape, kernel, strides, padding):
+  x = jax.random.normal(jax.random.key(0), shape)
+  fast, ref = (cls(5, kernel, strides=strides, padding=padding)
+               for cls in (layers.Conv, nn.Conv))
   variables = ref.init(jax.random.key(1), x)
-  _close(fast.apply(variables, x), ref.apply(variables, x))
+  _close(jax.jit(fast.apply)(variables, x), ref.apply(variables, x), 1e-5, 1e-5)
+  grads = jax.jit(jax.grad(_conv_loss(fast), argnums=(0, 1)))(variables, x)
+  grads_ref = jax.grad(_conv_loss(ref), argnums=(0, 1))(variables, x)
+  jax.tree.map(lambda a, b: _close(a, b, 1e-4, 1e-4), grads, grads_ref)
+
+
+def test_dilated_conv_uses_reference():
+  x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
+  fast, ref = (cls(4, (3, 3), kernel_dilation=2) for cls in (layers.Conv, nn.Conv))
+  variables = ref.init(jax.random.key(1), x)
+  _close(jax.jit(fast.apply)(variables, x), ref.apply(variables, x))
 
 
 def _cpu_hlo(fn, *args) -> str:
@@ -106,6 +124,20 @@ def test_vgg_steps_in_a_loop_keep_only_plain_convolutions():
   for line in convolutions:
     assert "dim_labels=b01f_01io->b01f" in line, line
   assert "select-and-scatter" not in hlo
+
+
+def test_resnet_steps_in_a_loop_keep_only_plain_convolutions():
+  # Its stride-2 convolutions too (space-to-depth, then a stride-1 convolution).
+  model = models.build_model("resnet20", 10, shortcut="pad")
+  state = train.create_train_state(model, jax.random.key(0), (28, 28, 1),
+                                   optax.adam(1e-3))
+  batches = {"image": jnp.zeros((2, 4, 28, 28, 1)), "label": jnp.zeros((2, 4), jnp.int32)}
+  hlo = _cpu_hlo(lambda s, b: jax.lax.scan(train.train_step, s, b), state, batches)
+  convolutions = [line for line in hlo.splitlines() if " convolution(" in line]
+  # Forward and input gradient of the 18 convolutions after the one-channel stem.
+  assert len(convolutions) == 36, convolutions
+  for line in convolutions:
+    assert "dim_labels=b01f_01io->b01f" in line, line
 
 
 def test_seed_model_parameters_unchanged():

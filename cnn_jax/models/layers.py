@@ -202,13 +202,43 @@ def conv_shifted(lhs: jax.Array, rhs: jax.Array, padding: Sequence[tuple[int, in
   return _conv_shifted(lhs, rhs, precision)
 
 
+def conv_strided(lhs: jax.Array, rhs: jax.Array, strides: Sequence[int],
+                 padding: Sequence[tuple[int, int]], precision: Any = None) -> jax.Array:
+  """A strided NHWC x HWIO convolution as a stride-1 one, on CPU-friendly ops.
+
+  A 1x1 kernel reads every stride-th pixel: the input is subsampled. Otherwise the
+  input goes through space-to-depth (each sh x sw block of pixels becomes one pixel
+  of sh * sw * Cin channels) and the kernel through the same rearrangement, zero-
+  padded to whole blocks: a 3x3 stride-2 kernel becomes 2x2 over 4 * Cin channels
+  (16/9 of the multiply-adds), computed by `conv_shifted`, whose gradients stay plain
+  convolutions and matmuls inside loops. Equal to `lax.conv_general_dilated`.
+  """
+  sh, sw = strides
+  kh, kw, cin, cout = rhs.shape
+  lhs = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
+  n, h, w, _ = lhs.shape
+  ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+  if kh == kw == 1:
+    return conv_shifted(lhs[:, :ho * sh:sh, :wo * sw:sw], rhs, ((0, 0), (0, 0)), precision)
+  bh, bw = -(-kh // sh), -(-kw // sw)  # Kernel size in blocks.
+  hb, wb = ho - 1 + bh, wo - 1 + bw  # Input size in blocks that the output reads.
+  lhs = jnp.pad(lhs[:, :hb * sh, :wb * sw],
+                ((0, 0), (0, max(0, hb * sh - h)), (0, max(0, wb * sw - w)), (0, 0)))
+  lhs = lhs.reshape(n, hb, sh, wb, sw, cin).transpose(0, 1, 3, 2, 4, 5)
+  lhs = lhs.reshape(n, hb, wb, sh * sw * cin)
+  rhs = jnp.pad(rhs, ((0, bh * sh - kh), (0, bw * sw - kw), (0, 0), (0, 0)))
+  rhs = rhs.reshape(bh, sh, bw, sw, cin, cout).transpose(0, 2, 1, 3, 4, 5)
+  rhs = rhs.reshape(bh, bw, sh * sw * cin, cout)
+  return _conv_shifted(lhs, rhs, precision)
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None,
                          feature_group_count=1, precision=None, **kwargs):
   """`lax.conv_general_dilated` that uses `conv_shifted` on CPU where it applies.
 
-  Applies to 2-D NHWC/HWIO stride-1 undilated ungrouped convolutions; everything
-  else, and every non-CPU backend, calls the lax op.
+  Applies to 2-D NHWC/HWIO undilated ungrouped convolutions (strided ones through
+  `conv_strided`); everything else, and every non-CPU backend, calls the lax op.
   """
   def reference(lhs, rhs):
     return lax.conv_general_dilated(
@@ -220,14 +250,18 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
   applies = (
       lhs.ndim == 4 and not kwargs and feature_group_count == 1
-      and ones(window_strides) and ones(lhs_dilation) and ones(rhs_dilation)
+      and ones(lhs_dilation) and ones(rhs_dilation)
       and dimension_numbers is not None
       and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc)
   if not applies:
     return reference(lhs, rhs)
-  pads = (lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], (1, 1), padding)
+  strides = tuple(window_strides or (1, 1))
+  pads = (lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
           if isinstance(padding, str) else tuple(tuple(p) for p in padding))
-  fast = lambda lhs, rhs: conv_shifted(lhs, rhs, pads, precision)
+  if ones(strides):
+    fast = lambda lhs, rhs: conv_shifted(lhs, rhs, pads, precision)
+  else:
+    fast = lambda lhs, rhs: conv_strided(lhs, rhs, strides, pads, precision)
   return lax.platform_dependent(lhs, rhs, cpu=fast, default=reference)
 
 
