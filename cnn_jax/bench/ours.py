@@ -1,0 +1,123 @@
+"""Our side of a cell: the runner's compiled chunk of training steps, timed in windows.
+
+Built as `run.build_experiment` builds it (the experiment config's optimizer state
+and `run.compile_train_chunk`) on device-resident random images, without
+augmentation (the Keras side has none). Each dispatch is followed by a read of its
+loss, as the runner's divergence check does.
+"""
+
+import importlib
+import itertools
+import os
+import time
+
+from cnn_jax.bench import method
+from cnn_jax.bench import workers
+
+
+def bench_config(spec: dict):
+  """The tutorial config with the cell's model and batch size, and the steps per
+  dispatch of the cell's experiment (capped at a window)."""
+  seed_cnn = importlib.import_module("experiments.seed_cnn")
+  experiment = importlib.import_module(f"experiments.{spec['experiment']}")
+  config = seed_cnn.get_config()
+  config.model = spec["model"]
+  config.batch_size = spec["batch_size"]
+  config.steps_per_dispatch = min(experiment.get_config().steps_per_dispatch,
+                                  spec["window_steps"])
+  if spec["window_steps"] % config.steps_per_dispatch:
+    raise ValueError(f"window_steps={spec['window_steps']} is not a multiple of "
+                     f"steps_per_dispatch={config.steps_per_dispatch}.")
+  return config
+
+
+def setup(spec: dict):
+  """(measure, info) of our worker for the cell `spec` (plan.Cell.spec)."""
+  from cnn_jax import xla_flags  # pylint: disable=g-import-not-at-top
+  xla_flags.set_default_flags()
+  t0 = time.perf_counter()
+  import jax  # pylint: disable=g-import-not-at-top
+  from cnn_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from cnn_jax import models, run  # pylint: disable=g-import-not-at-top
+  from cnn_jax.data import batching, in_memory, preprocess  # pylint: disable=g-import-not-at-top
+
+  config = bench_config(spec)
+  batch, shape = spec["batch_size"], tuple(spec["image_shape"])
+  mesh = mesh_lib.make_mesh()
+  split = in_memory.put_split(*workers.random_data(spec["num_images"], shape), mesh)
+  net = models.build_model(config.model, spec["num_classes"])
+  per_epoch = spec["num_images"] // batch
+  create = run.state_factory(config, net, shape, per_epoch)
+  keys = run.root_keys(config.seed)
+  state = jax.jit(create, out_shardings=mesh_lib.replicated(mesh))(keys["init"])
+  train_chunk = run.compile_train_chunk(config, preprocess.scale_to_unit, None, None,
+                                        mesh_lib.batch_sharding(mesh))
+  chunk = config.steps_per_dispatch
+
+  def chunks():
+    """Row indices of each dispatch, epoch after epoch, as the runner's in-memory
+    pipeline hands them out (host arrays)."""
+    epoch = 0
+    while True:
+      order = split.rows[batching.epoch_order(keys["data"], epoch, len(split.rows),
+                                              batch)]
+      for pos in range(0, per_epoch - chunk + 1, chunk):
+        yield order[pos:pos + chunk]
+      epoch += 1
+
+  first = next(stream := chunks())
+  stream = itertools.chain([first], stream)
+  t1 = time.perf_counter()
+  # Compiled ahead (the call below reuses it), to time compilation on its own and
+  # read XLA's cost analysis, which counts the loop body, one step, once.
+  compiled = train_chunk.lower(state, split.arrays, first).compile()
+  compile_sec = time.perf_counter() - t1
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+
+  def measure(tolerance=None, max_windows=None) -> dict:
+    nonlocal state
+    steady = method.SteadyState(tolerance or spec["tolerance"],
+                                max_windows or spec["max_windows"])
+    done = False
+    while not done:
+      t = time.perf_counter()
+      for _ in range(spec["window_steps"] // chunk):
+        state, sums = train_chunk(state, split.arrays, next(stream))
+        float(sums["loss"])
+      done = steady.add(spec["window_steps"] * batch, time.perf_counter() - t)
+    return {**steady.result(), "peak_rss_mb": method.peak_rss_mb()}
+
+  summary = models.summary(net, shape)
+  info = {"jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "steps_per_dispatch": chunk, "setup_sec": t1 - t0, "compile_sec": compile_sec,
+          "params": summary["params"], "forward_flops_per_image": summary["flops_per_image"],
+          "train_flops_per_image": (cost or {}).get("flops", 0.0) / batch or None}
+  return measure, info
+
+
+def setup_peak(spec: dict):
+  """A worker whose info is `matmul_peak` (it answers no requests)."""
+  return None, matmul_peak(spec.get("seconds", 1.0))
+
+
+def matmul_peak(seconds: float = 1.0) -> dict:
+  """This CPU's float32 matmul FLOP/s through XLA (the best of three square sizes),
+  the ceiling our training steps are compared against."""
+  from cnn_jax import xla_flags  # pylint: disable=g-import-not-at-top
+  xla_flags.set_default_flags()
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  best = {}
+  for n in (512, 1024, 2048):
+    a = jnp.ones((n, n), jnp.float32)
+    dot = jax.jit(lambda x, y: x @ y)
+    dot(a, a).block_until_ready()
+    calls, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+      dot(a, a).block_until_ready()
+      calls += 1
+    rate = 2 * n**3 * calls / (time.perf_counter() - t0)
+    if rate > best.get("flops_per_sec", 0):
+      best = {"flops_per_sec": rate, "size": n}
+  return best
