@@ -45,6 +45,13 @@ def test_steady_state_gives_up_after_the_cap_and_says_so():
   assert len(result["windows"]) == 4
 
 
+def test_steady_state_gives_up_after_its_time_but_not_before_two_windows():
+  steady = method.SteadyState(tolerance=0.04, max_windows=10, max_seconds=5.0)
+  assert steady.add(1000, 6.0) is False  # One window says nothing.
+  assert steady.add(1000, 1.0) is True
+  assert not steady.result()["steady"]
+
+
 def test_steady_state_rejects_bad_input():
   steady = method.SteadyState()
   with pytest.raises(ValueError, match="positive"):
@@ -148,8 +155,10 @@ def test_quick_bench_produces_every_row(tmp_path, data_dir):
   for cell in results["cells"]:
     assert cell["ours"]["images_per_sec"]["median"] > 0
     assert cell["ours"]["params"] == cell["keras"]["params"]
-    assert [t["name"] for t in cell["keras"]["tuning"]] == [
+    *tuned, xla = cell["keras"]["tuning"]
+    assert [t["name"] for t in tuned] == [
         plan.config_name(c) for c in plan.keras_configs(plan.quick(plan.CELLS[0]))]
+    assert xla["jit_compile"] is True and xla["jit_compile_resolved"]
     assert cell["keras"]["rows"][0]["name"] == "spe 1, auto"
     assert all(r["images_per_sec"]["n"] == 1 for r in cell["keras"]["rows"])
     assert cell["ratio"] > 0 and "others_share" in cell["load"]

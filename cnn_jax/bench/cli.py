@@ -15,11 +15,15 @@ from cnn_jax.bench import render
 from cnn_jax.bench import workers
 
 E2E_EPOCHS = 5
-# Keras settings within this share of the fastest one-off tuning measurement are
+# Keras settings within this share of the fastest tuning measurement (one each) are
 # measured again in the interleaved repetitions (the others cannot be the fastest).
 RETRY_MARGIN = 0.10
 # The issue's estimate of the CPU compute floor of the tutorial CNN, images/s.
 ISSUE_FLOOR = 60_000
+
+
+def progress(message: str) -> None:
+  print(message, flush=True)
 
 
 def _setups():
@@ -28,18 +32,23 @@ def _setups():
 
 
 def run_cell(cell: plan.Cell, reps: int, tolerance: float, max_windows: int,
-             log=print) -> dict:
+             log=progress) -> dict:
   """Tunes Keras's settings for `cell` (one measurement each), then measures ours, the
   Keras defaults and every setting near the fastest `reps` times, interleaved."""
   snap = method.LoadSnapshot.take()
   spec = cell.spec(tolerance, max_windows)
   with workers.Worker("ours", spec) as ours, workers.Worker("keras", spec) as peer:
     tuning = []
-    for config in plan.keras_configs(cell):
+
+    def tune(config):
       tuning.append({"config": config, "name": plan.config_name(config),
                      **peer.request(**config)})
       log(f"  {cell.name} Keras {tuning[-1]['name']}: "
           f"{tuning[-1]['images_per_sec']:,.0f} img/s (tuning)")
+    for config in plan.keras_configs(cell):
+      tune(config)
+    best = max(tuning, key=lambda t: t["images_per_sec"])
+    tune(plan.xla_config(best["config"]["steps_per_execution"]))
     fastest = max(t["images_per_sec"] for t in tuning)
     chosen = [t for i, t in enumerate(tuning)
               if i == 0 or t["images_per_sec"] >= (1 - RETRY_MARGIN) * fastest]
@@ -134,19 +143,21 @@ def warnings_for(results: dict) -> list[str]:
                                                 for r in cell["keras"]["rows"]]]:
       if not row["steady"]:
         out.append(f"{cell['name']} {name}: a repetition reached no steady state "
-                   f"in {results['settings']['max_windows']} windows")
+                   f"within {results['settings']['max_windows']} windows or "
+                   f"{results['settings']['max_seconds']:.0f} s")
   return out
 
 
 def benchmark(cells, reps: int, e2e_reps: int, tolerance: float, max_windows: int,
-              data_dir: str | None, quick: bool, log=print) -> dict:
+              data_dir: str | None, quick: bool, log=progress) -> dict:
   """Every measurement; see the package docstring."""
   t0 = time.perf_counter()
   start = method.LoadSnapshot.take()
   results = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
              "machine": method.machine(), "idle_before": method.idle_check(),
              "settings": {"reps": reps, "e2e_reps": e2e_reps, "tolerance": tolerance,
-                          "max_windows": max_windows, "quick": quick,
+                          "max_windows": max_windows,
+                          "max_seconds": method.MAX_SECONDS, "quick": quick,
                           "retry_margin": RETRY_MARGIN}}
   with workers.Worker("peak", {"seconds": 0.2 if quick else 1.0}) as peak:
     results["matmul_peak"] = peak.info
@@ -201,12 +212,15 @@ def parse_args(argv):
                       help="Consecutive windows agreeing within this share are steady.")
   parser.add_argument("--max-windows", type=int, default=None,
                       help=f"Windows before a repetition gives up (default "
-                      f"{method.MAX_WINDOWS}; --quick 4).")
+                      f"{method.MAX_WINDOWS}; --quick 2).")
   parser.add_argument("--data-dir", default=None,
                       help="TFDS data dir; end to end uses fashion_mnist if it is "
                       "prepared there, else synthetic_mnist.")
   parser.add_argument("--markdown", metavar="JSON", default=None,
                       help="Print the tables of an earlier run's JSON and exit.")
+  parser.add_argument("--profile", metavar="CELL", default=None,
+                      help="Print where our training of CELL (e.g. seed_cnn/128) spends "
+                      "its time (jax.profiler trace of a few windows) and exit.")
   parser.add_argument("--worker", choices=["ours", "keras", "peak"], help=argparse.SUPPRESS)
   parser.add_argument("--spec", default="{}", help=argparse.SUPPRESS)
   return parser.parse_args(argv)
@@ -218,13 +232,22 @@ def main(argv=None) -> int:
     return workers.serve(_setups()[args.worker], json.loads(args.spec))
   if args.markdown:
     with open(args.markdown) as f:
-      print(render.markdown(json.load(f)))
+      results = json.load(f)
+    if "settings" not in results:
+      raise SystemExit(f"{args.markdown} was written by the bench before its steady-state "
+                       "method (issue 14); run ./run.sh bench again to get tables.")
+    print(render.markdown(results))
     return 0
   quick = args.quick
+  if args.profile:
+    from cnn_jax.bench import profile  # pylint: disable=g-import-not-at-top
+    (cell,) = select_cells(args.profile, quick)[:1]
+    print(profile.markdown(profile.profile(cell)))
+    return 0
   results = benchmark(
       select_cells(args.cells, quick), args.reps or (1 if quick else 3),
       (1 if quick else 3) if args.e2e_reps is None else args.e2e_reps, args.tolerance,
-      args.max_windows or (4 if quick else method.MAX_WINDOWS), args.data_dir, quick)
+      args.max_windows or (2 if quick else method.MAX_WINDOWS), args.data_dir, quick)
   print(render.markdown(results))
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:

@@ -14,8 +14,10 @@ import time
 
 # Consecutive windows whose images/s differ by at most this share of the larger agree.
 TOLERANCE = 0.04
-# A repetition gives up after this many windows and is reported as not steady.
+# A measurement gives up after this many windows, or once its windows have taken this
+# long (at least two windows), and is then reported as not steady.
 MAX_WINDOWS = 10
+MAX_SECONDS = 60.0
 # Other processes using more than this share of the machine make a measurement "busy".
 BUSY_SHARE = 0.05
 
@@ -24,12 +26,14 @@ BUSY_SHARE = 0.05
 class SteadyState:
   """Feeds on the timings of consecutive windows of a known number of images until two
   in a row agree within `tolerance`; the windows before them are discarded (warm-up:
-  compilation, caches, thread pools). Gives up after `max_windows`.
+  compilation, caches, thread pools). Gives up after `max_windows`, or after
+  `max_seconds` of windows (but never before two windows).
 
   Call `add(images, seconds)` after each window until it returns True, then `result()`.
   """
   tolerance: float = TOLERANCE
   max_windows: int = MAX_WINDOWS
+  max_seconds: float = MAX_SECONDS
   images: list[int] = dataclasses.field(default_factory=list)
   seconds: list[float] = dataclasses.field(default_factory=list)
 
@@ -52,11 +56,12 @@ class SteadyState:
                        "positive (a clock read in the wrong order?).")
     self.images.append(images)
     self.seconds.append(seconds)
-    return self.steady or len(self.seconds) >= self.max_windows
+    return (self.steady or len(self.seconds) >= self.max_windows
+            or (len(self.seconds) >= 2 and sum(self.seconds) >= self.max_seconds))
 
   def result(self) -> dict:
     """images/s of the last two windows together, the windows discarded before them,
-    and whether they agreed (False: the cap was reached first; the value is then the
+    and whether they agreed (False: a cap was reached first; the value is then the
     last two windows', flagged)."""
     if len(self.seconds) < 2:
       raise ValueError(f"{len(self.seconds)} window(s) timed; steady state needs two.")

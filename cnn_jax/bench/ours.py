@@ -31,69 +31,86 @@ def bench_config(spec: dict):
   return config
 
 
-def setup(spec: dict):
-  """(measure, info) of our worker for the cell `spec` (plan.Cell.spec)."""
-  from cnn_jax import xla_flags  # pylint: disable=g-import-not-at-top
-  xla_flags.set_default_flags()
-  t0 = time.perf_counter()
-  import jax  # pylint: disable=g-import-not-at-top
-  from cnn_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from cnn_jax import models, run  # pylint: disable=g-import-not-at-top
-  from cnn_jax.data import batching, in_memory, preprocess  # pylint: disable=g-import-not-at-top
+class OurTraining:
+  """Our training of a cell's model on its random images, compiled and ready: each
+  `window()` runs `spec["window_steps"]` steps, a dispatch at a time."""
 
-  config = bench_config(spec)
-  batch, shape = spec["batch_size"], tuple(spec["image_shape"])
-  mesh = mesh_lib.make_mesh()
-  split = in_memory.put_split(*workers.random_data(spec["num_images"], shape), mesh)
-  net = models.build_model(config.model, spec["num_classes"])
-  per_epoch = spec["num_images"] // batch
-  create = run.state_factory(config, net, shape, per_epoch)
-  keys = run.root_keys(config.seed)
-  state = jax.jit(create, out_shardings=mesh_lib.replicated(mesh))(keys["init"])
-  train_chunk = run.compile_train_chunk(config, preprocess.scale_to_unit, None, None,
-                                        mesh_lib.batch_sharding(mesh))
-  chunk = config.steps_per_dispatch
+  def __init__(self, spec: dict):
+    from cnn_jax import xla_flags  # pylint: disable=g-import-not-at-top
+    xla_flags.set_default_flags()
+    t0 = time.perf_counter()
+    import jax  # pylint: disable=g-import-not-at-top
+    from cnn_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+    from cnn_jax import models, run  # pylint: disable=g-import-not-at-top
+    from cnn_jax.data import in_memory, preprocess  # pylint: disable=g-import-not-at-top
 
-  def chunks():
+    self.spec, config = spec, bench_config(spec)
+    shape = tuple(spec["image_shape"])
+    mesh = mesh_lib.make_mesh()
+    self.split = in_memory.put_split(*workers.random_data(spec["num_images"], shape),
+                                     mesh)
+    net = models.build_model(config.model, spec["num_classes"])
+    create = run.state_factory(config, net, shape,
+                               spec["num_images"] // spec["batch_size"])
+    self.keys = run.root_keys(config.seed)
+    self.state = jax.jit(create, out_shardings=mesh_lib.replicated(mesh))(
+        self.keys["init"])
+    self.train_chunk = run.compile_train_chunk(
+        config, preprocess.scale_to_unit, None, None, mesh_lib.batch_sharding(mesh))
+    self.chunk = config.steps_per_dispatch
+    first = next(stream := self._chunks())
+    self.stream = itertools.chain([first], stream)
+    t1 = time.perf_counter()
+    # Compiled ahead (the calls reuse it), to time compilation on its own and read
+    # XLA's cost analysis, which counts the loop body, one step, once.
+    self.compiled = self.train_chunk.lower(self.state, self.split.arrays, first).compile()
+    compile_sec = time.perf_counter() - t1
+    cost = self.compiled.cost_analysis()
+    cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+    summary = models.summary(net, shape)
+    self.info = {
+        "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "steps_per_dispatch": self.chunk, "setup_sec": t1 - t0,
+        "compile_sec": compile_sec, "params": summary["params"],
+        "forward_flops_per_image": summary["flops_per_image"],
+        "train_flops_per_image": cost.get("flops", 0.0) / spec["batch_size"] or None}
+
+  def _chunks(self):
     """Row indices of each dispatch, epoch after epoch, as the runner's in-memory
     pipeline hands them out (host arrays)."""
+    from cnn_jax.data import batching  # pylint: disable=g-import-not-at-top
+    batch, rows = self.spec["batch_size"], self.split.rows
+    per_epoch = len(rows) // batch
     epoch = 0
     while True:
-      order = split.rows[batching.epoch_order(keys["data"], epoch, len(split.rows),
-                                              batch)]
-      for pos in range(0, per_epoch - chunk + 1, chunk):
-        yield order[pos:pos + chunk]
+      order = rows[batching.epoch_order(self.keys["data"], epoch, len(rows), batch)]
+      for pos in range(0, per_epoch - self.chunk + 1, self.chunk):
+        yield order[pos:pos + self.chunk]
       epoch += 1
 
-  first = next(stream := chunks())
-  stream = itertools.chain([first], stream)
-  t1 = time.perf_counter()
-  # Compiled ahead (the call below reuses it), to time compilation on its own and
-  # read XLA's cost analysis, which counts the loop body, one step, once.
-  compiled = train_chunk.lower(state, split.arrays, first).compile()
-  compile_sec = time.perf_counter() - t1
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  def window(self) -> float:
+    """Trains one window; its seconds. Each dispatch's loss is read, as the runner's
+    divergence check does."""
+    t = time.perf_counter()
+    for _ in range(self.spec["window_steps"] // self.chunk):
+      self.state, sums = self.train_chunk(self.state, self.split.arrays,
+                                          next(self.stream))
+      float(sums["loss"])
+    return time.perf_counter() - t
+
+
+def setup(spec: dict):
+  """(measure, info) of our worker for the cell `spec` (plan.Cell.spec)."""
+  ours = OurTraining(spec)
 
   def measure(tolerance=None, max_windows=None) -> dict:
-    nonlocal state
     steady = method.SteadyState(tolerance or spec["tolerance"],
                                 max_windows or spec["max_windows"])
-    done = False
-    while not done:
-      t = time.perf_counter()
-      for _ in range(spec["window_steps"] // chunk):
-        state, sums = train_chunk(state, split.arrays, next(stream))
-        float(sums["loss"])
-      done = steady.add(spec["window_steps"] * batch, time.perf_counter() - t)
+    while not steady.add(spec["window_steps"] * spec["batch_size"], ours.window()):
+      pass
     return {**steady.result(), "peak_rss_mb": method.peak_rss_mb()}
 
-  summary = models.summary(net, shape)
-  info = {"jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-          "steps_per_dispatch": chunk, "setup_sec": t1 - t0, "compile_sec": compile_sec,
-          "params": summary["params"], "forward_flops_per_image": summary["flops_per_image"],
-          "train_flops_per_image": (cost or {}).get("flops", 0.0) / batch or None}
-  return measure, info
+  return measure, ours.info
 
 
 def setup_peak(spec: dict):
