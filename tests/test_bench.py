@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cnn_jax import xla_flags
-from cnn_jax.bench import cli, method, plan, render
+from cnn_jax.bench import cli, method, plan, profile, render
 
 
 def feed(steady: method.SteadyState, rates, images=1000) -> int:
@@ -91,6 +91,21 @@ def test_every_cell_divides_its_windows():
       assert cell.window_steps % config["steps_per_execution"] == 0, cell
   names = [plan.config_name(c) for c in plan.keras_configs(plan.CELLS[0])]
   assert names[0] == "spe 1, auto" and len(set(names)) == len(names)
+
+
+def test_profile_groups_thunks_by_the_model_code_they_come_from():
+  hlo = ('  %ynn_fusion.3 = f32[128,5408]{1,0} fusion(%a), kind=kCustom, metadata={op_name='
+         '"jit(train_steps)/while/body/closed_call/transpose(jvp(SeedCNN))/Dense_0/'
+         'dot_general" stack_frame_id=116}')
+  assert profile.op_names(hlo) == {
+      "ynn_fusion.3": ("f32[128,5408]{1,0}", "transpose(jvp(SeedCNN))/Dense_0/dot_general")}
+  assert profile.category("transpose(jvp(SeedCNN))/Dense_0/dot_general") == "backward: Dense"
+  assert profile.category("transpose(jvp(CifarResNet))/BasicBlock_3/Conv_0/"
+                          "conv_general_dilated") == "backward: Conv"
+  assert profile.category("jvp(VGGBN)/Conv_1/cond/branch_0_fun/slice") == (
+      "forward: Conv (shifted-window copies)")
+  assert profile.category("jvp(SeedCNN)/jit(relu)/max") == "forward: ReLU, max-pool"
+  assert profile.category("add") == "optimizer, metrics, loop"
 
 
 def test_default_xla_flags_do_not_override_the_user():

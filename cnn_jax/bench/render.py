@@ -135,7 +135,8 @@ def targets_list(results: dict) -> list[str]:
   floor = results.get("floor")
   if floor:
     lines.append(
-        f"- floor: matmul peak {floor['matmul_peak_flops'] / 1e9:,.0f} GFLOP/s (XLA, float32); "
+        f"- floor: float32 matmul peak {floor['matmul_peak_flops'] / 1e9:,.0f} GFLOP/s "
+        f"({results['matmul_peak']['best'].replace('_', ', size ')}); "
         f"training {floor['train_flops_per_image'] / 1e6:.2f} MFLOP per image (XLA's cost "
         f"analysis of our step; 3x forward: {floor['three_x_forward_flops'] / 1e6:.2f}) -> "
         f"floor {floor['floor_images_per_sec']:,.0f} img/s; ours "
