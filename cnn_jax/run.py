@@ -143,6 +143,17 @@ def state_factory(config, model, image_shape, steps_per_epoch: int):
                            tx=tx, ema=config.ema_decay > 0)
 
 
+def compile_train_chunk(config, preprocess, augment, mix, batch_sharding):
+  """The run's jitted `train.train_steps` (state donated): what every dispatch runs,
+  and what `./run.sh bench` times."""
+  step_options = dict(label_smoothing=config.label_smoothing,
+                      accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay)
+  return jax.jit(
+      functools.partial(train_lib.train_steps, preprocess=preprocess, augment=augment,
+                        mix=mix, step_options=step_options,
+                        batch_sharding=batch_sharding), donate_argnums=0)
+
+
 def configured_splits(config) -> list[str]:
   """The named splits a config gives a run (known before any data is read)."""
   has_validation = bool(config.validation_split or config.validation_fraction)
@@ -168,12 +179,7 @@ def build_experiment(config) -> Experiment:
   preprocess, augment = input_fns(config, data)
   batch_sharding = mesh_lib.batch_sharding(mesh)
   mix = augment_lib.make_mix(info.num_classes, config.mixup_alpha, config.cutmix_alpha)
-  step_options = dict(label_smoothing=config.label_smoothing,
-                      accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay)
-  train_chunk = jax.jit(
-      functools.partial(train_lib.train_steps, preprocess=preprocess, augment=augment,
-                        mix=mix, step_options=step_options,
-                        batch_sharding=batch_sharding), donate_argnums=0)
+  train_chunk = compile_train_chunk(config, preprocess, augment, mix, batch_sharding)
   evaluate_fn = jax.jit(functools.partial(
       train_lib.evaluate, preprocess=preprocess, batch_sharding=batch_sharding),
                         static_argnames=("top_k", "ema"))

@@ -1,18 +1,111 @@
-"""Smoke test of the speed benchmark (quick mode: few images, no end-to-end runs)."""
+"""The speed benchmark's plumbing: its method on synthetic timings, both sides
+training the same network, and a --quick run producing every row. No timed asserts."""
 
 import json
+import os
 
+import numpy as np
 import pytest
 
-from cnn_jax import bench
 from cnn_jax import xla_flags
+from cnn_jax.bench import cli, method, plan, profile, render
 
 
-def test_window_rates():
-  times = [0.0, 1.0, 2.0, 3.0, 3.5, 4.0]
-  assert bench.window_rates(times, 10, 1, 2) == [10.0, 20.0]
-  with pytest.raises(ValueError, match="too few"):
-    bench.window_rates(times, 10, 4, 2)
+def feed(steady: method.SteadyState, rates, images=1000) -> int:
+  """Windows of `images` at `rates` until the detector is done; windows used."""
+  for i, rate in enumerate(rates):
+    if steady.add(images, images / rate):
+      return i + 1
+  raise AssertionError("the detector never finished")
+
+
+def test_steady_state_discards_warm_up_and_stops_when_two_windows_agree():
+  steady = method.SteadyState(tolerance=0.04, max_windows=10)
+  used = feed(steady, [4855, 11560, 17627, 24989, 24813, 1.0, 1.0])
+  assert used == 5
+  result = steady.result()
+  assert result["steady"] and result["discarded"] == 3
+  assert result["images_per_sec"] == pytest.approx(2000 / (1000 / 24989 + 1000 / 24813))
+  assert result["first_window_sec"] == pytest.approx(1000 / 4855)
+
+
+def test_steady_state_needs_consecutive_windows_within_tolerance():
+  steady = method.SteadyState(tolerance=0.04, max_windows=10)
+  # 100 vs 105 differ by 4.8% of the larger: not yet; 105 vs 103 by 1.9%: steady.
+  assert feed(steady, [100, 105, 103]) == 3
+  assert steady.result()["discarded"] == 1
+
+
+def test_steady_state_gives_up_after_the_cap_and_says_so():
+  steady = method.SteadyState(tolerance=0.04, max_windows=4)
+  assert feed(steady, [100, 200, 100, 200, 100]) == 4
+  result = steady.result()
+  assert not result["steady"] and result["discarded"] == 2
+  assert result["images_per_sec"] == pytest.approx(2000 / (10 + 5))
+  assert len(result["windows"]) == 4
+
+
+def test_steady_state_gives_up_after_its_time_but_not_before_two_windows():
+  steady = method.SteadyState(tolerance=0.04, max_windows=10, max_seconds=5.0)
+  assert steady.add(1000, 6.0) is False  # One window says nothing.
+  assert steady.add(1000, 1.0) is True
+  assert not steady.result()["steady"]
+
+
+def test_steady_state_rejects_bad_input():
+  steady = method.SteadyState()
+  with pytest.raises(ValueError, match="positive"):
+    steady.add(100, 0.0)
+  steady.add(100, 1.0)
+  with pytest.raises(ValueError, match="needs two"):
+    steady.result()
+
+
+def test_spread_and_repetition_summary():
+  assert method.spread([3.0, 1.0, 2.0, 10.0]) == {"median": 2.5, "min": 1.0,
+                                                  "max": 10.0, "n": 4}
+  reps = [{"images_per_sec": v, "discarded": d, "steady": s}
+          for v, d, s in [(10.0, 1, True), (12.0, 0, True), (11.0, 8, False)]]
+  summary = method.summarize_reps(reps)
+  assert summary["images_per_sec"]["median"] == 11.0
+  assert summary["discarded"] == [1, 0, 8] and not summary["steady"]
+  with pytest.raises(ValueError):
+    method.spread([])
+
+
+def test_load_between_counts_other_processes_only():
+  start = method.LoadSnapshot(0.0, (0, 0, 0), 0.0, (0.1, 0.1, 0.1))
+  tick, cores = os.sysconf("SC_CLK_TCK"), os.cpu_count()
+  # Over 10 s, the machine was busy for 4 CPU-seconds per core; 1 s of it was ours.
+  busy = 4 * cores * tick
+  end = method.LoadSnapshot(10.0, (busy, 0, 10 * cores * tick), 1.0, (1.0, 1.0, 1.0))
+  load = method.load_between(start, end)
+  assert load["busy_share"] == pytest.approx(0.4)
+  assert load["others_share"] == pytest.approx((4 * cores - 1) / (10 * cores))
+  assert load["busy"]
+
+
+def test_every_cell_divides_its_windows():
+  for cell in plan.CELLS + tuple(plan.quick(c) for c in plan.CELLS):
+    for config in plan.keras_configs(cell):
+      assert cell.window_steps % config["steps_per_execution"] == 0, cell
+  names = [plan.config_name(c) for c in plan.keras_configs(plan.CELLS[0])]
+  assert names[0] == "spe 1, auto" and len(set(names)) == len(names)
+
+
+def test_profile_groups_thunks_by_the_model_code_they_come_from():
+  hlo = ('  %ynn_fusion.3 = f32[128,5408]{1,0} fusion(%a), kind=kCustom, metadata={op_name='
+         '"jit(train_steps)/while/body/closed_call/transpose(jvp(SeedCNN))/Dense_0/'
+         'dot_general" stack_frame_id=116}')
+  assert profile.op_names(hlo) == {
+      "ynn_fusion.3": ("f32[128,5408]{1,0}", "transpose(jvp(SeedCNN))/Dense_0/dot_general")}
+  assert profile.category("transpose(jvp(SeedCNN))/Dense_0/dot_general") == "backward: Dense"
+  assert profile.category("transpose(jvp(CifarResNet))/BasicBlock_3/Conv_0/"
+                          "conv_general_dilated") == "backward: Conv"
+  assert profile.category("jvp(VGGBN)/Conv_1/cond/branch_0_fun/slice") == (
+      "forward: Conv (shifted-window copies)")
+  assert profile.category("jvp(SeedCNN)/jit(relu)/max") == "forward: ReLU, max-pool"
+  assert profile.category("add") == "optimizer, metrics, loop"
 
 
 def test_default_xla_flags_do_not_override_the_user():
@@ -24,28 +117,73 @@ def test_default_xla_flags_do_not_override_the_user():
 
 
 @pytest.mark.slow
-def test_quick_bench_writes_positive_numbers(tmp_path):
-  out = tmp_path / "bench.json"
-  assert bench.main(["--quick", "--batch-sizes", "32", "--images", "4000",
-                     "--out", str(out)]) == 0
-  results = json.loads(out.read_text())
-  assert results["machine"]["cores"] > 0
-  (row,) = results["steady_state"]
-  assert row["batch_size"] == 32 and row["ratio"] > 0
-  for name in ("ours", "keras"):
-    for field in ("images_per_sec", "first_step_sec", "peak_rss_mb"):
-      assert row[name][field] > 0, (name, field)
-  assert row["ours"]["eval_images_per_sec"] > 0
-  assert "end_to_end" not in results
+@pytest.mark.parametrize("model, shape, params", [
+    ("seed_cnn", (28, 28, 1), 347_146), ("vgg_bn", (28, 28, 1), 871_082),
+    ("resnet20", (32, 32, 3), 269_722)])
+def test_keras_network_is_ours(model, shape, params):
+  """Same parameter count, and from our initial weights the same loss on the same
+  first batch (training mode: BatchNorm on batch statistics; dropout off on both)."""
+  from cnn_jax.bench import keras_nets  # pylint: disable=g-import-not-at-top
+  _, keras = keras_nets.import_keras()
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from cnn_jax import models, train  # pylint: disable=g-import-not-at-top
+  kwargs = dict(dropout_rate=0.0, head_dropout_rate=0.0) if model == "vgg_bn" else {}
+  net = models.build_model(model, 10, **kwargs)
+  state = train.create_train_state(net, jax.random.key(0), shape, optax.adam(1e-3))
+  peer = keras_nets.build(model, shape, 10, **kwargs)
+  assert keras_nets.trainable_parameters(peer) == models.summary(net, shape)["params"]
+  assert keras_nets.trainable_parameters(peer) == params
+  keras_nets.copy_weights(peer, state.params, state.batch_stats)
+
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (32, *shape), dtype=np.uint8).astype(np.float32) / 255
+  labels = rng.integers(0, 10, 32).astype(np.int32)
+  variables = {"params": state.params}
+  if state.batch_stats is not None:
+    variables["batch_stats"] = state.batch_stats
+  logits, _ = net.apply(variables, images, train=True, mutable=["batch_stats"])
+  ours = float(train.cross_entropy(logits, labels).mean())
+  theirs = float(keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+      labels, peer(images, training=True)))
+  assert theirs == pytest.approx(ours, rel=1e-5)
 
 
 @pytest.mark.slow
-def test_vgg_workers_train_the_same_network_in_both_frameworks():
-  args = ["--model", "vgg_bn", "--batch-size", "128", "--images", "768", "--windows", "1"]
-  ours = bench.run_worker(["--worker", "jax", *args])
-  keras = bench.run_worker(["--worker", "keras", *args])
-  assert ours["model"] == keras["model"] == "vgg_bn"
-  assert ours["conv"] == "fast"
-  # models/vgg.py's VGGBN has 871,082 parameters; the Keras copy must too.
-  assert keras["trainable_parameters"] == 871_082
-  assert ours["images_per_sec"] > 0 and keras["images_per_sec"] > 0
+def test_keras_network_rejects_weights_of_another_network():
+  from cnn_jax.bench import keras_nets  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from cnn_jax import models, train  # pylint: disable=g-import-not-at-top
+  net = models.build_model("seed_cnn", 10, hidden=32)
+  state = train.create_train_state(net, jax.random.key(0), (28, 28, 1), optax.adam(1e-3))
+  with pytest.raises(ValueError, match="shape"):
+    keras_nets.copy_weights(keras_nets.build("seed_cnn", (28, 28, 1)), state.params)
+
+
+@pytest.mark.slow
+def test_quick_bench_produces_every_row(tmp_path, data_dir):
+  out = tmp_path / "bench.json"
+  assert cli.main(["--quick", "--data-dir", data_dir, "--out", str(out)]) == 0
+  results = json.loads(out.read_text())
+  assert [c["name"] for c in results["cells"]] == [c.name for c in plan.CELLS]
+  for cell in results["cells"]:
+    assert cell["ours"]["images_per_sec"]["median"] > 0
+    assert cell["ours"]["params"] == cell["keras"]["params"]
+    *tuned, xla = cell["keras"]["tuning"]
+    assert [t["name"] for t in tuned] == [
+        plan.config_name(c) for c in plan.keras_configs(plan.quick(plan.CELLS[0]))]
+    assert xla["jit_compile"] is True and xla["jit_compile_resolved"]
+    assert cell["keras"]["rows"][0]["name"] == "spe 1, auto"
+    assert all(r["images_per_sec"]["n"] == 1 for r in cell["keras"]["rows"])
+    assert cell["ratio"] > 0 and "others_share" in cell["load"]
+  job = results["end_to_end"]
+  for key in ("ours", "keras_defaults", "keras_best"):
+    assert job[key]["seconds"]["median"] > 0
+    assert job[key]["runs"][0]["test_accuracy"] is not None
+  assert results["floor"]["train_flops_per_image"] > 0
+  assert {t["name"].split(":")[0] for t in results["targets"]} >= {
+      "seed_cnn/32", "seed_cnn/128", "vgg_bn/128"}
+  # The docs' tables are rendered from the JSON alone, the same text as printed.
+  assert render.markdown(results).count("\n| ") >= 2 * len(plan.CELLS) + 3
+  assert cli.main(["--markdown", str(out)]) == 0

@@ -1,0 +1,256 @@
+"""`./run.sh bench`: runs the cells of plan.CELLS and the end-to-end jobs, prints the
+table and writes the JSON (see the package docstring for the method)."""
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+
+from cnn_jax.bench import e2e
+from cnn_jax.bench import method
+from cnn_jax.bench import plan
+from cnn_jax.bench import render
+from cnn_jax.bench import workers
+
+E2E_EPOCHS = 5
+# Keras settings within this share of the fastest tuning measurement (one each) are
+# measured again in the interleaved repetitions (the others cannot be the fastest).
+RETRY_MARGIN = 0.10
+# The issue's estimate of the CPU compute floor of the tutorial CNN, images/s.
+ISSUE_FLOOR = 60_000
+
+
+def progress(message: str) -> None:
+  print(message, flush=True)
+
+
+def _setups():
+  from cnn_jax.bench import ours, peers  # pylint: disable=g-import-not-at-top
+  return {"ours": ours.setup, "keras": peers.setup, "peak": ours.setup_peak}
+
+
+def run_cell(cell: plan.Cell, reps: int, tolerance: float, max_windows: int,
+             log=progress) -> dict:
+  """Tunes Keras's settings for `cell` (one measurement each), then measures ours, the
+  Keras defaults and every setting near the fastest `reps` times, interleaved."""
+  snap = method.LoadSnapshot.take()
+  spec = cell.spec(tolerance, max_windows)
+  with workers.Worker("ours", spec) as ours, workers.Worker("keras", spec) as peer:
+    tuning = []
+
+    def tune(config):
+      tuning.append({"config": config, "name": plan.config_name(config),
+                     **peer.request(**config)})
+      log(f"  {cell.name} Keras {tuning[-1]['name']}: "
+          f"{tuning[-1]['images_per_sec']:,.0f} img/s (tuning)")
+    for config in plan.keras_configs(cell):
+      tune(config)
+    best = max(tuning, key=lambda t: t["images_per_sec"])
+    tune(plan.xla_config(best["config"]["steps_per_execution"]))
+    fastest = max(t["images_per_sec"] for t in tuning)
+    chosen = [t for i, t in enumerate(tuning)
+              if i == 0 or t["images_per_sec"] >= (1 - RETRY_MARGIN) * fastest]
+    ours_reps, keras_reps = [], [[] for _ in chosen]
+    for rep in range(reps):
+      ours_reps.append(ours.request())
+      for runs, t in zip(keras_reps, chosen):
+        runs.append(peer.request(**t["config"]))
+      log(f"  {cell.name} rep {rep + 1}/{reps}: ours "
+          f"{ours_reps[-1]['images_per_sec']:,.0f} img/s, Keras "
+          + ", ".join(f"{t['name']} {r[-1]['images_per_sec']:,.0f}"
+                      for t, r in zip(chosen, keras_reps)))
+    ours_info, keras_info = ours.info, peer.info
+  rows = [{"name": t["name"], "config": t["config"], **method.summarize_reps(r)}
+          for t, r in zip(chosen, keras_reps)]
+  best = max(rows, key=lambda r: r["images_per_sec"]["median"])
+  ours_row = method.summarize_reps(ours_reps)
+  paired = [o["images_per_sec"] / k["images_per_sec"]
+            for o, k in zip(ours_reps, best["reps"])]
+  return {"name": cell.name, "model": cell.model, "batch_size": cell.batch_size,
+          "image_shape": list(cell.image_shape), "num_images": cell.num_images,
+          "window_steps": cell.window_steps, "target": cell.target,
+          "ours": {**ours_info, **ours_row},
+          "keras": {**keras_info, "tuning": tuning, "rows": rows,
+                    "fastest": best["name"], "fastest_config": best["config"]},
+          "ratio": ours_row["images_per_sec"]["median"] / best["images_per_sec"]["median"],
+          "ratio_paired": method.spread(paired),
+          "load": method.load_between(snap, method.LoadSnapshot.take())}
+
+
+def targets(results: dict) -> list[dict]:
+  """The issue's targets, each with the value measured and whether it holds."""
+  out = []
+  for cell in results["cells"]:
+    if cell["target"]:
+      out.append({"name": f"{cell['name']}: ours / fastest Keras", "target": cell["target"],
+                  "value": cell["ratio"], "spread": cell["ratio_paired"],
+                  "pass": cell["ratio"] >= cell["target"]})
+  job = results.get("end_to_end")
+  if job:
+    out.append({"name": f"end to end ({job['epochs']} epochs, {job['dataset']}): "
+                "fastest Keras / ours, seconds", "target": 2.0, "value": job["ratio"],
+                "spread": job["ratio_paired"], "pass": job["ratio"] >= 2.0})
+  floor = results.get("floor")
+  if floor:
+    out.append({"name": f"{floor['cell']}: share of the CPU compute floor (matmul "
+                "peak / training FLOPs per image)", "target": None,
+                "value": floor["share_of_measured_floor"], "pass": None})
+    out.append({"name": f"{floor['cell']}: share of the issue's floor "
+                f"({ISSUE_FLOOR:,} img/s)", "target": None,
+                "value": floor["share_of_issue_floor"], "pass": None})
+  out.append({"name": "GPU targets (VGG-BN, ResNet-20 at batch 512 against "
+              "torch.compile)", "target": None, "value": None, "pass": None,
+              "note": "not run: this bench measures CPU only; no GPU path is implemented"})
+  return out
+
+
+def compute_floor(results: dict) -> dict | None:
+  """Our tutorial CNN against this CPU's compute floor: images/s if every training
+  FLOP ran at the measured matmul peak. Training FLOPs per image two ways: XLA's cost
+  analysis of our compiled step, and 3x the forward FLOPs."""
+  peak = results.get("matmul_peak", {}).get("flops_per_sec")
+  cells = [c for c in results["cells"] if c["model"] == "seed_cnn"]
+  if not peak or not cells:
+    return None
+  cell = max(cells, key=lambda c: c["ours"]["images_per_sec"]["median"])
+  ours = cell["ours"]
+  rate = ours["images_per_sec"]["median"]
+  flops = ours["train_flops_per_image"] or 3 * ours["forward_flops_per_image"]
+  return {"cell": cell["name"], "images_per_sec": rate, "matmul_peak_flops": peak,
+          "train_flops_per_image": ours["train_flops_per_image"],
+          "three_x_forward_flops": 3 * ours["forward_flops_per_image"],
+          "floor_images_per_sec": peak / flops,
+          "floor_images_per_sec_3x_forward": peak / (3 * ours["forward_flops_per_image"]),
+          "share_of_measured_floor": rate * flops / peak,
+          "achieved_flops": rate * flops,
+          "share_of_issue_floor": rate / ISSUE_FLOOR}
+
+
+def warnings_for(results: dict) -> list[str]:
+  out = []
+  for where, load in [("before the run", results["idle_before"]),
+                      ("after the run", results["idle_after"]),
+                      *[(c["name"], c["load"]) for c in results["cells"]],
+                      *([("end to end", results["end_to_end"]["load"])]
+                        if results.get("end_to_end") else [])]:
+    if load.get("busy"):
+      out.append(f"machine busy {where}: other processes used "
+                 f"{load['others_share']:.0%} of the CPU")
+  for cell in results["cells"]:
+    for name, row in [("ours", cell["ours"]), *[(f"Keras {r['name']}", r)
+                                                for r in cell["keras"]["rows"]]]:
+      if not row["steady"]:
+        out.append(f"{cell['name']} {name}: a repetition reached no steady state "
+                   f"within {results['settings']['max_windows']} windows or "
+                   f"{results['settings']['max_seconds']:.0f} s")
+  return out
+
+
+def benchmark(cells, reps: int, e2e_reps: int, tolerance: float, max_windows: int,
+              data_dir: str | None, quick: bool, log=progress) -> dict:
+  """Every measurement; see the package docstring."""
+  t0 = time.perf_counter()
+  start = method.LoadSnapshot.take()
+  results = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+             "machine": method.machine(), "idle_before": method.idle_check(),
+             "settings": {"reps": reps, "e2e_reps": e2e_reps, "tolerance": tolerance,
+                          "max_windows": max_windows,
+                          "max_seconds": method.MAX_SECONDS, "quick": quick,
+                          "retry_margin": RETRY_MARGIN}}
+  with workers.Worker("peak", {"seconds": 0.2 if quick else 1.0}) as peak:
+    results["matmul_peak"] = peak.info
+  results["cells"] = []
+  for cell in cells:
+    log(f"{cell.name}: {cell.window_steps} steps per window, "
+        f"{cell.num_images:,} images")
+    results["cells"].append(run_cell(cell, reps, tolerance, max_windows, log))
+  if e2e_reps:
+    log(f"end to end: {e2e_reps} x (ours, Keras defaults, Keras best)")
+    seed32 = next((c for c in results["cells"] if c["name"] == "seed_cnn/32"), None)
+    best = seed32["keras"]["fastest_config"] if seed32 else None
+    results["end_to_end"] = e2e.run(data_dir, 1 if quick else E2E_EPOCHS, e2e_reps,
+                                    best, quick)
+  results["load"] = method.load_between(start, method.LoadSnapshot.take())
+  results["idle_after"] = method.idle_check()
+  results["floor"] = compute_floor(results)
+  results["targets"] = targets(results)
+  results["warnings"] = warnings_for(results)
+  results["total_sec"] = time.perf_counter() - t0
+  return results
+
+
+def select_cells(names: str | None, quick: bool) -> list[plan.Cell]:
+  cells = [plan.quick(c) if quick else c for c in plan.CELLS]
+  if not names:
+    return cells
+  wanted = names.split(",")
+  chosen = [c for c in cells if c.name in wanted or c.model in wanted]
+  if not chosen:
+    raise SystemExit(f"--cells {names!r} matches none of "
+                     f"{', '.join(c.name for c in cells)} (or their model names).")
+  return chosen
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(prog="./run.sh bench", description=__doc__)
+  parser.add_argument("--out", default="bench_results/bench.json",
+                      help="JSON file for the results (the published run: "
+                      "docs/bench_latest.json).")
+  parser.add_argument("--quick", action="store_true",
+                      help="Smoke test: windows of 2 steps, 1 repetition, 1-epoch "
+                      "end-to-end jobs on mnist_5k.")
+  parser.add_argument("--cells", default=None,
+                      help="Comma-separated cells or models (e.g. seed_cnn/32,vgg_bn); "
+                      "default all.")
+  parser.add_argument("--reps", type=int, default=None,
+                      help="Interleaved repetitions per row (default 3; --quick 1).")
+  parser.add_argument("--e2e-reps", type=int, default=None,
+                      help="End-to-end repetitions (default 3; --quick 1; 0 skips).")
+  parser.add_argument("--tolerance", type=float, default=method.TOLERANCE,
+                      help="Consecutive windows agreeing within this share are steady.")
+  parser.add_argument("--max-windows", type=int, default=None,
+                      help=f"Windows before a repetition gives up (default "
+                      f"{method.MAX_WINDOWS}; --quick 2).")
+  parser.add_argument("--data-dir", default=None,
+                      help="TFDS data dir; end to end uses fashion_mnist if it is "
+                      "prepared there, else synthetic_mnist.")
+  parser.add_argument("--markdown", metavar="JSON", default=None,
+                      help="Print the tables of an earlier run's JSON and exit.")
+  parser.add_argument("--profile", metavar="CELL", default=None,
+                      help="Print where our training of CELL (e.g. seed_cnn/128) spends "
+                      "its time (jax.profiler trace of a few windows) and exit.")
+  parser.add_argument("--worker", choices=["ours", "keras", "peak"], help=argparse.SUPPRESS)
+  parser.add_argument("--spec", default="{}", help=argparse.SUPPRESS)
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  if args.worker:
+    return workers.serve(_setups()[args.worker], json.loads(args.spec))
+  if args.markdown:
+    with open(args.markdown) as f:
+      results = json.load(f)
+    if "settings" not in results:
+      raise SystemExit(f"{args.markdown} was written by the bench before its steady-state "
+                       "method (issue 14); run ./run.sh bench again to get tables.")
+    print(render.markdown(results))
+    return 0
+  quick = args.quick
+  if args.profile:
+    from cnn_jax.bench import profile  # pylint: disable=g-import-not-at-top
+    (cell,) = select_cells(args.profile, quick)[:1]
+    print(profile.markdown(profile.profile(cell)))
+    return 0
+  results = benchmark(
+      select_cells(args.cells, quick), args.reps or (1 if quick else 3),
+      (1 if quick else 3) if args.e2e_reps is None else args.e2e_reps, args.tolerance,
+      args.max_windows or (2 if quick else method.MAX_WINDOWS), args.data_dir, quick)
+  print(render.markdown(results))
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(results, f, indent=1)
+  print(f"wrote {args.out} ({results['total_sec'] / 60:.1f} min)")
+  return 0

@@ -1,0 +1,134 @@
+"""End to end: the whole tutorial job, ours against the Keras tutorial script.
+
+Each job is a fresh process, timed from its start to its exit, start-up included:
+ours is `python -m cnn_jax.main train --config experiments/seed_cnn.py` into a new
+temporary workdir; Keras's is `keras_e2e.py`, the tutorial's script. Both train the
+tutorial network on the same training images for the same epochs at batch 32 and
+evaluate on the whole test split after every epoch (ours: its `test` evaluator;
+Keras: `validation_data`), with no other evaluation. Keras runs as the tutorial ships
+it (float64 inputs from `/ 255.0`, `fit` defaults) and at its best settings (float32
+inputs, the fastest steps_per_execution and jit_compile of the steady-state tuning at
+batch 32, evaluation batches of 1,000 as ours). Runs are interleaved: ours, Keras
+defaults, Keras best, then again.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+from cnn_jax.bench import method
+from cnn_jax.bench import workers
+
+BATCH_SIZE = 32
+EVAL_BATCH_SIZE = 1000
+EVENT = "BENCH_EVENT "
+# Keras at its best when no steady-state tuning ran (the issue's measured best).
+DEFAULT_BEST = {"steps_per_execution": 50, "jit_compile": False}
+
+
+def dataset(data_dir: str | None, quick: bool) -> str:
+  """fashion_mnist when prepared in `data_dir`, else synthetic_mnist (the same sizes,
+  random), or for --quick the embedded mnist_5k. Made readable (ArrayRecord, decoded
+  cache) here, before any timing, as `./run.sh prepare` leaves it."""
+  from cnn_jax import prepare  # pylint: disable=g-import-not-at-top
+  from cnn_jax.data import source  # pylint: disable=g-import-not-at-top
+  if quick:
+    name = "mnist_5k"
+  elif source.open_prepared("fashion_mnist", data_dir) is not None:
+    name = "fashion_mnist"
+  else:
+    name = "synthetic_mnist"
+  prepare.make_readable(name, data_dir)
+  return name
+
+
+def export_arrays(name: str, data_dir: str | None, path: str) -> None:
+  """The dataset's train and test splits as one .npz of uint8 images and int labels,
+  as the tutorial's `keras.datasets.*.load_data()` reads them from local files."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from cnn_jax import data  # pylint: disable=g-import-not-at-top
+  from cnn_jax.data import source  # pylint: disable=g-import-not-at-top
+  builder = source.prepared_builder(name, data_dir)
+  (x_train, y_train), (x_test, y_test) = (data.read_split(builder, s)
+                                          for s in ("train", "test"))
+  np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+
+
+def _timed(command: list[str], start_marker: str) -> tuple[float, float, str]:
+  """Runs `command`; (seconds to exit, seconds to the first output line holding
+  `start_marker`, the whole output)."""
+  env = workers.subprocess_env()  # Outside the timing.
+  t0 = time.perf_counter()
+  proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  lines, started = [], None
+  for line in proc.stdout:
+    if started is None and start_marker in line:
+      started = time.perf_counter() - t0
+    lines.append(line)
+  proc.wait()
+  seconds, output = time.perf_counter() - t0, "".join(lines)
+  if proc.returncode:
+    raise RuntimeError(f"{' '.join(command[:4])} ... failed (exit {proc.returncode}):\n"
+                       f"{output[-4000:]}")
+  return seconds, started, output
+
+
+def run_ours(name: str, data_dir: str | None, epochs: int) -> dict:
+  with tempfile.TemporaryDirectory(prefix="cnn_jax_bench_") as workdir:
+    seconds, started, out = _timed(
+        [sys.executable, "-m", "cnn_jax.main", "train", "--config",
+         os.path.join(workers.ROOT, "experiments", "seed_cnn.py"), "--workdir", workdir, f"--config.dataset={name}",
+         f"--config.num_epochs={epochs}", f"--config.batch_size={BATCH_SIZE}",
+         f"--config.eval_batch_size={EVAL_BATCH_SIZE}",
+         *([f"--config.data_dir={data_dir}"] if data_dir else [])],
+        "data loaded in")
+  accuracy = re.search(r"final test accuracy: ([0-9.]+)", out)
+  loaded = re.search(r"data loaded in ([0-9.]+) s", out)
+  return {"seconds": seconds, "startup_sec": started,
+          "test_accuracy": float(accuracy.group(1)) if accuracy else None,
+          "data_load_sec": float(loaded.group(1)) if loaded else None}
+
+
+def run_keras(arrays: str, epochs: int, settings: dict | None) -> dict:
+  """The tutorial script, as shipped (`settings` None) or with `settings`."""
+  args = [sys.executable, "-m", "cnn_jax.bench.keras_e2e", "--data", arrays,
+          "--epochs", str(epochs)]
+  if settings:
+    args += ["--float32", "--steps-per-execution", str(settings["steps_per_execution"]),
+             "--jit-compile", str(settings["jit_compile"]),
+             "--validation-batch-size", str(EVAL_BATCH_SIZE)]
+  seconds, started, out = _timed(args, EVENT + "fit")
+  accuracy = re.search(EVENT + r"final test accuracy ([0-9.]+)", out)
+  return {"seconds": seconds, "startup_sec": started,
+          "test_accuracy": float(accuracy.group(1)) if accuracy else None}
+
+
+def run(data_dir: str | None, epochs: int, reps: int, best: dict | None,
+        quick: bool = False) -> dict:
+  """Times ours, Keras as shipped and Keras at `best` settings, `reps` times each,
+  interleaved; the ratio is the faster Keras's median over ours'."""
+  name = dataset(data_dir, quick)
+  best = best or DEFAULT_BEST
+  snap = method.LoadSnapshot.take()
+  runs = {"ours": [], "keras_defaults": [], "keras_best": []}
+  with tempfile.TemporaryDirectory(prefix="cnn_jax_bench_") as tmp:
+    arrays = os.path.join(tmp, f"{name}.npz")
+    export_arrays(name, data_dir, arrays)
+    for _ in range(reps):
+      runs["ours"].append(run_ours(name, data_dir, epochs))
+      runs["keras_defaults"].append(run_keras(arrays, epochs, None))
+      runs["keras_best"].append(run_keras(arrays, epochs, best))
+  rows = {k: {"seconds": method.spread([r["seconds"] for r in v]), "runs": v}
+          for k, v in runs.items()}
+  fastest = min(("keras_defaults", "keras_best"),
+                key=lambda k: rows[k]["seconds"]["median"])
+  paired = [k["seconds"] / o["seconds"] for o, k in zip(runs["ours"], runs[fastest])]
+  return {"dataset": name, "epochs": epochs, "batch_size": BATCH_SIZE, "reps": reps,
+          "keras_best_settings": best, **rows, "fastest_keras": fastest,
+          "ratio": rows[fastest]["seconds"]["median"] / rows["ours"]["seconds"]["median"],
+          "ratio_paired": method.spread(paired),
+          "load": method.load_between(snap, method.LoadSnapshot.take())}

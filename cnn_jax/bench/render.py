@@ -1,0 +1,158 @@
+"""The bench's tables in Markdown, from its JSON alone: what a run prints and what
+`./run.sh bench --markdown FILE` prints for docs/performance.md are the same text."""
+
+from cnn_jax.bench import plan
+
+MODEL_NAMES = {"seed_cnn": "tutorial CNN", "vgg_bn": "VGG-BN", "resnet20": "ResNet-20"}
+
+
+def _n(value: float) -> str:
+  return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+
+
+def _cell(s: dict, fmt=_n) -> str:
+  """'median (min-max)' of a method.spread."""
+  if s["n"] == 1:
+    return fmt(s["median"])
+  return f"{fmt(s['median'])} ({fmt(s['min'])}-{fmt(s['max'])})"
+
+
+def _ratio(value: float) -> str:
+  return f"{value:.2f}x"
+
+
+def _paired(s: dict) -> str:
+  """The min-max of per-repetition ratios (ours and Keras run one after the other)."""
+  return f"paired {s['min']:.2f}-{s['max']:.2f}x" if s["n"] > 1 else "1 rep"
+
+
+def _discarded(row: dict) -> str:
+  mark = "" if row["steady"] else " (not steady)"
+  return "/".join(str(d) for d in row["discarded"]) + mark
+
+
+def _load(load: dict) -> str:
+  if "others_share" not in load:
+    return f"load average {load['load_average_before'][0]:.2f}"
+  return (f"others {load['others_share']:.0%} of the CPU, steal "
+          f"{load['steal_share']:.0%}, load average "
+          f"{load['load_average_before'][0]:.2f} -> {load['load_average_after'][0]:.2f}")
+
+
+def header(results: dict) -> list[str]:
+  m, s = results["machine"], results["settings"]
+  cell = next(iter(results["cells"]), None)
+  versions = []
+  if cell:
+    versions = [f"jax {cell['ours']['jax']}", f"TensorFlow {cell['keras']['tensorflow']}",
+                f"Keras {cell['keras']['keras']}"]
+  return [
+      f"Run of {results['date']} on {m['cpu']}, {m['cores']} cores"
+      f"{', AVX-512' if m.get('avx512') else ''}, Python {m['python']}"
+      + (", " + ", ".join(versions) if versions else "") + f"; {results['total_sec'] / 60:.1f} min.",
+      f"Steady state: windows until two in a row agree within {s['tolerance']:.0%} "
+      f"(at most {s['max_windows']} windows or {s['max_seconds']:.0f} s); {s['reps']} "
+      "interleaved repetition(s) per row; "
+      "cells give the median (min-max) over repetitions.",
+      f"Machine idle check before: {_load(results['idle_before'])}; after: "
+      f"{_load(results['idle_after'])}; during the run: {_load(results['load'])}.",
+  ]
+
+
+def steady_table(results: dict) -> list[str]:
+  lines = ["| model, batch | ours img/s | Keras defaults img/s | fastest Keras img/s "
+           "(settings) | ours / fastest Keras (paired reps) | target |",
+           "|---|---|---|---|---|---|"]
+  for cell in results["cells"]:
+    rows = cell["keras"]["rows"]
+    fastest = next(r for r in rows if r["name"] == cell["keras"]["fastest"])
+    target = (f">= {cell['target']}x: {'pass' if cell['ratio'] >= cell['target'] else 'FAIL'}"
+              if cell["target"] else "-")
+    lines.append(
+        f"| {MODEL_NAMES.get(cell['model'], cell['model'])}, {cell['batch_size']} "
+        f"| {_cell(cell['ours']['images_per_sec'])} "
+        f"| {_cell(rows[0]['images_per_sec'])} "
+        f"| {_cell(fastest['images_per_sec'])} ({fastest['name']}) "
+        f"| **{_ratio(cell['ratio'])}** ({_paired(cell['ratio_paired'])}) "
+        f"| {target} |")
+  return lines
+
+
+def details_table(results: dict) -> list[str]:
+  lines = ["| model, batch | window | ours: steps/dispatch, compile s, windows discarded "
+           "| Keras tuning (one measurement each), img/s | Keras windows discarded "
+           "| peak RSS MB ours / Keras | load during the cell |",
+           "|---|---|---|---|---|---|---|"]
+  for cell in results["cells"]:
+    o, k = cell["ours"], cell["keras"]
+    tuning = "; ".join(f"{t['name']} {_n(t['images_per_sec'])}" for t in k["tuning"])
+    keras_discarded = "; ".join(f"{r['name']}: {_discarded(r)}" for r in k["rows"])
+    rss = max(r["peak_rss_mb"] for r in o["reps"]), max(
+        r["peak_rss_mb"] for row in k["rows"] for r in row["reps"])
+    lines.append(
+        f"| {cell['name']} | {cell['window_steps']} steps | {o['steps_per_dispatch']}, "
+        f"{o['compile_sec']:.1f}, {_discarded(o)} | {tuning} | {keras_discarded} "
+        f"| {rss[0]:,.0f} / {rss[1]:,.0f} | {_load(cell['load'])} |")
+  return lines
+
+
+def e2e_table(job: dict) -> list[str]:
+  best_name = plan.config_name(job["keras_best_settings"]) + ", float32"
+  acc = lambda runs: "/".join(f"{r['test_accuracy']:.4f}" for r in runs
+                              if r["test_accuracy"] is not None)
+  start = lambda runs: "/".join(f"{r['startup_sec']:.1f}" for r in runs
+                                if r["startup_sec"] is not None)
+  lines = [f"End to end: the tutorial job, {job['epochs']} epoch(s) at batch "
+           f"{job['batch_size']} on {job['dataset']}, test evaluated after each epoch on "
+           f"both sides; each job a fresh process, start to exit; {job['reps']} "
+           "interleaved repetition(s).", "",
+           "| job | seconds | start-up s (to training) | test accuracy |",
+           "|---|---|---|---|"]
+  for key, name in (("ours", "ours (`./run.sh` train, experiments/seed_cnn.py)"),
+                    ("keras_defaults", "Keras tutorial as shipped"),
+                    ("keras_best", f"Keras best ({best_name})")):
+    runs = job[key]["runs"]
+    lines.append(f"| {name} | {_cell(job[key]['seconds'], lambda v: f'{v:.1f}')} "
+                 f"| {start(runs)} | {acc(runs)} |")
+  fastest = "Keras as shipped" if job["fastest_keras"] == "keras_defaults" else "Keras best"
+  lines += ["", f"Fastest Keras ({fastest}) / ours: **{_ratio(job['ratio'])}** "
+            f"({_paired(job['ratio_paired'])}); load: "
+            f"{_load(job['load'])}."]
+  return lines
+
+
+def targets_list(results: dict) -> list[str]:
+  lines = []
+  for t in results["targets"]:
+    if t["value"] is None:
+      lines.append(f"- {t['name']}: {t.get('note', 'not measured')}")
+    elif t["target"] is None:
+      lines.append(f"- {t['name']}: {t['value']:.0%}")
+    else:
+      lines.append(f"- {t['name']}: {_ratio(t['value'])} ({_paired(t['spread'])}), "
+                   f"target >= {t['target']}x: "
+                   f"**{'pass' if t['pass'] else 'FAIL'}**")
+  floor = results.get("floor")
+  if floor:
+    lines.append(
+        f"- floor: float32 matmul peak {floor['matmul_peak_flops'] / 1e9:,.0f} GFLOP/s "
+        f"({results['matmul_peak']['best'].replace('_', ', size ')}); "
+        f"training {floor['train_flops_per_image'] / 1e6:.2f} MFLOP per image (XLA's cost "
+        f"analysis of our step; 3x forward: {floor['three_x_forward_flops'] / 1e6:.2f}) -> "
+        f"floor {floor['floor_images_per_sec']:,.0f} img/s; ours "
+        f"{floor['images_per_sec']:,.0f} img/s ({floor['cell']}), "
+        f"{floor['achieved_flops'] / 1e9:,.0f} GFLOP/s")
+  return lines
+
+
+def markdown(results: dict) -> str:
+  """The run's tables and targets as Markdown."""
+  lines = header(results) + [""]
+  if results["cells"]:
+    lines += steady_table(results) + [""] + details_table(results) + [""]
+  if results.get("end_to_end"):
+    lines += e2e_table(results["end_to_end"]) + [""]
+  lines += ["Targets:"] + targets_list(results)
+  if results["warnings"]:
+    lines += ["", "WARNINGS:"] + [f"- {w}" for w in results["warnings"]]
+  return "\n".join(lines)
