@@ -62,6 +62,7 @@ FIELDS = {
     "lr_schedule": _one_of(*optim.SCHEDULES),
     "warmup_epochs": _real(lambda v: v >= 0, "a number >= 0"),
     "seed": _int(),
+    "dtype": _one_of(*models.DTYPES),
     "steps_per_dispatch": _int(1),
     "checkpoint_every_steps": _int(0),
     "keep_checkpoints": _int(1),
@@ -90,7 +91,7 @@ LEGACY_DEFAULTS = {
     "evals": {"test": {"split": "test"}}, "divergence_factor": 10.0,
     "optimizer": "adam", "optimizer_kwargs": {}, "weight_decay": 0.0,
     "grad_clip_norm": 0.0, "label_smoothing": 0.0, "mixup_alpha": 0.0,
-    "cutmix_alpha": 0.0, "grad_accum_steps": 1, "ema_decay": 0.0,
+    "cutmix_alpha": 0.0, "grad_accum_steps": 1, "ema_decay": 0.0, "dtype": "float32",
 }
 
 
@@ -143,7 +144,7 @@ def check(config, device_count: int, process_count: int) -> None:
   if config.validation_split and config.validation_fraction:
     _fail("validation_fraction", config.validation_fraction,
           f"0 when validation_split={config.validation_split!r} names a split")
-  models.check_model(config.model, dict(config.model_kwargs))
+  models.check_model(config.model, dict(config.model_kwargs), config.dtype)
   splits = ["train", *(["validation"] if config.validation_split or
                        config.validation_fraction else []), "test"]
   evaluators = evaluators_lib.from_config(config.evals, splits, ema=config.ema_decay > 0)

@@ -66,7 +66,8 @@ def load(workdir: str, step: str = "latest") -> Predictor:
         "resume it once (./run.sh train with its config and workdir) to write it.")
   meta = report_lib.read_json(workdir, report_lib.DATASET_FILE)
   shape = tuple(meta["image_shape"])
-  model = models.build_model(config.model, meta["num_classes"], **config.model_kwargs)
+  model = models.build_model(config.model, meta["num_classes"], config.dtype,
+                             **config.model_kwargs)
   per_epoch = meta["splits"]["train"] // config.batch_size
   mesh = mesh_lib.make_mesh(jax.local_devices()[:1])
   abstract = jax.eval_shape(run.state_factory(config, model, shape, per_epoch),

@@ -44,13 +44,15 @@ FINGERPRINT_DEFAULTS = {"lr_schedule": "constant", "warmup_epochs": 0,
                            if k in ("optimizer", "optimizer_kwargs", "weight_decay",
                                     "grad_clip_norm", "label_smoothing", "mixup_alpha",
                                     "cutmix_alpha", "grad_accum_steps", "ema_decay",
-                                    "validation_split", "validation_fraction")}}
+                                    "validation_split", "validation_fraction",
+                                    "dtype")}}
 # Config fields that change a run's trajectory, compared as they are.
 TRAJECTORY_FIELDS = ("model", "dataset", "batch_size", "seed", "learning_rate",
                      "lr_schedule", "warmup_epochs", "train_split", "validation_split",
                      "validation_fraction", "normalize", "crop_padding", "flip",
                      "optimizer", "weight_decay", "grad_clip_norm", "label_smoothing",
-                     "mixup_alpha", "cutmix_alpha", "grad_accum_steps", "ema_decay")
+                     "mixup_alpha", "cutmix_alpha", "grad_accum_steps", "ema_decay",
+                     "dtype")
 
 
 def fingerprint(config, info) -> dict:
@@ -171,7 +173,8 @@ def build_experiment(config) -> Experiment:
   data = data_lib.load(config, mesh, root_keys(config.seed)["data"])
   load_sec = time.perf_counter() - t0
   info = data.info
-  model = models.build_model(config.model, info.num_classes, **config.model_kwargs)
+  model = models.build_model(config.model, info.num_classes, config.dtype,
+                             **config.model_kwargs)
   schedule = schedule_args(config, data.steps_per_epoch)
   create = state_factory(config, model, info.image_shape, data.steps_per_epoch)
   state = jax.jit(create, out_shardings=mesh_lib.replicated(mesh))(

@@ -71,6 +71,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Keep an exponential moving average of the weights (0: off); every evaluator then
   # runs on it too, as <name>_ema.
   config.ema_decay = 0.0
+  # Computation dtype of activations, matmuls and convolutions (cnn_jax/models:DTYPES):
+  # "float32" or "bfloat16" (mixed precision: parameters, optimizer state and the loss
+  # stay float32; on CPU it is slower, see the README).
+  config.dtype = "float32"
   config.seed = 0
   # Training steps run per dispatch to the device (lax.scan); also the progress bar's tick.
   config.steps_per_dispatch = 50

@@ -42,6 +42,7 @@ def base():
     ("on_bad_image", "ignore", r"on_bad_image=.ignore. .* .skip., .error."),
     ("divergence_factor", 0.5, r"divergence_factor=0.5 .* factor > 1"),
     ("model", "resnet9000", r"Unknown model 'resnet9000'"),
+    ("dtype", "float16", r"dtype='float16' .* 'float32', 'bfloat16'"),
 ])
 def test_bad_fields_name_the_field_value_and_what_is_allowed(field, value, message):
   config = base()

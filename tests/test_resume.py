@@ -270,6 +270,7 @@ def _tree_digest(path):
     ("train_split", "train[:3000]", "train_split: checkpoint has 'train'"),
     ("normalize", True, "normalize: checkpoint has False, config has True"),
     ("crop_padding", 2, "crop_padding: checkpoint has 0, config has 2"),
+    ("dtype", "bfloat16", "dtype: checkpoint has 'float32', config has 'bfloat16'"),
 ])
 def test_resuming_with_a_different_config_is_refused_untouched(one_epoch, tmp_path, field,
                                                                value, named):

@@ -5,7 +5,9 @@ standard `module:attr` form for models that live outside the package.
 imports `my_models.net` (from the directory the run starts in, PYTHONPATH, or an
 installed package) and builds its `MyNet`, a `flax.linen.Module` with a `num_classes`
 field whose `__call__(x, train)` returns logits. `config.model_kwargs` go to its
-constructor either way.
+constructor either way, and `config.dtype` to its `dtype` field (every model of the zoo
+has one: the computation dtype of activations, matmuls and convolutions, parameters
+staying float32); a model without one runs in float32 only.
 """
 
 import dataclasses
@@ -14,6 +16,7 @@ import importlib
 from typing import Callable
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from cnn_jax import errors
 from cnn_jax.models import lenet, resnet, vit, wide_resnet
@@ -36,6 +39,14 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# config.dtype -> the computation dtype given to a model's `dtype` field. Parameters,
+# optimizer state and the loss stay float32. For "float32" the field keeps its default,
+# None (flax's: compute in the inputs' dtype), which is float32 in the runner and
+# float64 in cnn_jax.testing's gradient check. float16 would need loss scaling, which
+# the train step does not do, so it is not offered.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
 def _module_class(constructor) -> type | None:
   """The linen Module class `constructor` builds (itself, or a partial's), or None."""
   while isinstance(constructor, functools.partial):
@@ -45,7 +56,12 @@ def _module_class(constructor) -> type | None:
   return None
 
 
-def _fields(cls: type[nn.Module]) -> set[str]:
+def _fields(constructor) -> set[str] | None:
+  """The fields of the Module class `constructor` builds; None when it is not known
+  (a factory function)."""
+  cls = _module_class(constructor)
+  if cls is None:
+    return None
   # Flax's own fields (parent, name) are not the model's to configure.
   return {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
 
@@ -95,27 +111,46 @@ def resolve_model(name: str) -> Callable[..., nn.Module]:
   return MODELS[name]
 
 
-def build_model(name: str, num_classes: int, **kwargs) -> nn.Module:
-  """Returns the model `name` (see `resolve_model`) with `num_classes` output logits.
+def build_model(name: str, num_classes: int, dtype: str = "float32",
+                **kwargs) -> nn.Module:
+  """Returns the model `name` (see `resolve_model`) with `num_classes` output logits,
+  computing in `dtype` (a DTYPES name, config.dtype).
 
   `kwargs` (config.model_kwargs) are its constructor's fields; parts such as `conv`,
   `norm` and `act` may be names (models/components.py).
   """
-  return check_model(name, kwargs)(num_classes=num_classes, **kwargs)
+  constructor = check_model(name, kwargs, dtype)
+  if dtype != "float32":
+    kwargs = {**kwargs, "dtype": DTYPES[dtype]}
+  return constructor(num_classes=num_classes, **kwargs)
 
 
-def check_model(name: str, kwargs: dict) -> Callable[..., nn.Module]:
-  """The constructor of model `name`, after checking it takes `kwargs`; raises
-  ConfigError naming the model or arguments that are wrong."""
+def check_model(name: str, kwargs: dict,
+                dtype: str = "float32") -> Callable[..., nn.Module]:
+  """The constructor of model `name`, after checking it takes `kwargs` and can compute
+  in `dtype`; raises ConfigError naming the model or arguments that are wrong."""
   constructor = resolve_model(name)
-  cls = _module_class(constructor)
-  unknown = set(kwargs) - _fields(cls) if cls is not None else set()
+  fields = _fields(constructor)
+  unknown = set(kwargs) - fields if fields is not None else set()
   if unknown:
     raise errors.ConfigError(
         f"config.model_kwargs has {', '.join(sorted(unknown))}, which model {name!r} "
         f"does not take; its arguments: "
-        f"{', '.join(sorted(_fields(cls) - {'num_classes'})) or 'none'}.")
+        f"{', '.join(sorted(fields - {'num_classes', 'dtype'})) or 'none'}.")
+  if "dtype" in kwargs:
+    raise errors.ConfigError(
+        f"config.model_kwargs has dtype={kwargs['dtype']!r}: set the computation dtype "
+        f"with --config.dtype instead ({', '.join(DTYPES)}).")
+  if dtype not in DTYPES:
+    raise errors.ConfigError(f"config.dtype={dtype!r} is not one of "
+                             f"{', '.join(DTYPES)}.")
+  if dtype != "float32" and "dtype" not in (fields or ()):
+    raise errors.ConfigError(
+        f"config.dtype={dtype!r}: model {name!r} has no `dtype` field to compute in "
+        "it. Give its class a field `dtype: Any = None` passed as `dtype=` to "
+        "its layers (as the models of cnn_jax/models do), or use "
+        "--config.dtype=float32.")
   return constructor
 
 
-__all__ = ["MODELS", "build_model", "check_model", "resolve_model", "summary"]
+__all__ = ["DTYPES", "MODELS", "build_model", "check_model", "resolve_model", "summary"]

@@ -40,13 +40,14 @@ class GroupNorm(nn.Module):
 
   groups: int = 32
   scale_init: Callable = nn.initializers.ones
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     channels = x.shape[-1]
     groups = next(g for g in range(min(self.groups, max(1, channels // 2)), 0, -1)
                   if channels % g == 0)
-    norm = nn.GroupNorm(num_groups=groups, scale_init=self.scale_init)
+    norm = nn.GroupNorm(num_groups=groups, scale_init=self.scale_init, dtype=self.dtype)
     nn.share_scope(self, norm)  # Its parameters sit directly under this module.
     return norm(x)
 
@@ -56,8 +57,9 @@ def _identity_norm(**unused_kwargs):
 
 
 # Functions of (train, momentum) returning a module constructor called as
-# norm(name=..., scale_init=...). Only BatchNorm keeps statistics (in `batch_stats`,
-# updated while training with `momentum`); the others normalise each example alone.
+# norm(name=..., scale_init=..., dtype=...). Only BatchNorm keeps statistics (in
+# `batch_stats`, updated while training with `momentum`); the others normalise each
+# example alone.
 NORMS: dict[str, Callable[[bool, float], ModuleDef]] = {
     "batch": lambda train, momentum: functools.partial(
         nn.BatchNorm, use_running_average=not train, momentum=momentum, epsilon=1e-5),
@@ -100,15 +102,19 @@ def lookup(registry: dict, value: Any, field: str, what: str) -> Any:
   return registry[value]
 
 
-def conv(value: str | ModuleDef) -> ModuleDef:
-  """The convolution module class named `value` in CONVS (or `value` itself)."""
-  return lookup(CONVS, value, "conv", "convolution")
+def conv(value: str | ModuleDef, dtype: Any = None) -> ModuleDef:
+  """The convolution module class named `value` in CONVS (or `value` itself), computing
+  in `dtype` (None: that of its inputs and parameters); its parameters stay float32."""
+  return functools.partial(lookup(CONVS, value, "conv", "convolution"), dtype=dtype)
 
 
-def norm(value: str | Callable, train: bool, momentum: float = 0.9) -> ModuleDef:
+def norm(value: str | Callable, train: bool, momentum: float = 0.9,
+         dtype: Any = None) -> ModuleDef:
   """The normalisation module constructor for `value` (a NORMS name or a function
-  of the same form) in training (`train`) or evaluation mode."""
-  return lookup(NORMS, value, "norm", "normalisation")(train, momentum)
+  of the same form) in training (`train`) or evaluation mode, whose outputs are of
+  `dtype` (None: its input's); flax computes its statistics in float32 either way."""
+  constructor = lookup(NORMS, value, "norm", "normalisation")(train, momentum)
+  return functools.partial(constructor, dtype=dtype)
 
 
 def act(value: str | Callable) -> Callable[[jax.Array], jax.Array]:

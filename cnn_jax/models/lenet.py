@@ -31,11 +31,12 @@ class LeNet5(nn.Module):
   act: Any = "tanh"
   pool: Any = "avg"
   conv: Any = layers.Conv
+  dtype: Any = None  # Of activations and computations (config.dtype); None: inputs'.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train  # No dropout or batch statistics in this model.
-    conv, act, pool = (components.conv(self.conv), components.act(self.act),
+    conv, act, pool = (components.conv(self.conv, self.dtype), components.act(self.act),
                        components.pool(self.pool))
     pad_h, pad_w = (max(0, INPUT_SIZE - size) for size in x.shape[1:3])
     if pad_h or pad_w:
@@ -44,6 +45,6 @@ class LeNet5(nn.Module):
     x = pool(act(conv(6, (5, 5), padding="VALID")(x)))
     x = pool(act(conv(16, (5, 5), padding="VALID")(x)))
     x = x.reshape((x.shape[0], -1))
-    x = act(nn.Dense(120)(x))
-    x = act(nn.Dense(84)(x))
-    return nn.Dense(self.num_classes)(x)
+    x = act(nn.Dense(120, dtype=self.dtype)(x))
+    x = act(nn.Dense(84, dtype=self.dtype)(x))
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x)

@@ -116,11 +116,12 @@ class ResNet(nn.Module):
   conv: Any = layers.Conv
   norm: Any = "batch"
   act: Any = "relu"
+  dtype: Any = None  # Of activations and computations (config.dtype); None: inputs'.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = components.conv(self.conv)
-    norm = components.norm(self.norm, train, self.bn_momentum)
+    conv = components.conv(self.conv, self.dtype)
+    norm = components.norm(self.norm, train, self.bn_momentum, self.dtype)
     act = components.act(self.act)
     block = components.lookup(BLOCKS, self.block, "block", "residual block")
     x = conv(self.width, (7, 7), (2, 2), padding=_pad(7), use_bias=False,
@@ -133,7 +134,7 @@ class ResNet(nn.Module):
                   strides=2 if i > 0 and j == 0 else 1,
                   zero_init=self.zero_init_residual)(x)
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes)(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x)
 
 
 class CifarResNet(nn.Module):
@@ -155,6 +156,7 @@ class CifarResNet(nn.Module):
   conv: Any = layers.Conv
   norm: Any = "batch"
   act: Any = "relu"
+  dtype: Any = None  # Of activations and computations (config.dtype); None: inputs'.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -166,8 +168,8 @@ class CifarResNet(nn.Module):
       raise errors.ConfigError(
           f"CifarResNet shortcut={self.shortcut!r}: use 'pad' (option A) or "
           "'projection' (option B).")
-    conv = components.conv(self.conv)
-    norm = components.norm(self.norm, train, self.bn_momentum)
+    conv = components.conv(self.conv, self.dtype)
+    norm = components.norm(self.norm, train, self.bn_momentum, self.dtype)
     act = components.act(self.act)
     x = conv(self.width, (3, 3), padding=_pad(3), use_bias=False, name="conv_init")(x)
     x = act(norm(name="norm_init")(x))
@@ -176,7 +178,7 @@ class CifarResNet(nn.Module):
         x = BasicBlock(self.width * 2**i, conv=conv, norm=norm, act=act,
                        strides=2 if i > 0 and j == 0 else 1, shortcut=self.shortcut)(x)
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes)(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x)
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block="basic")

@@ -1,5 +1,7 @@
 """The Keras tutorial network: Conv(32, 3x3) -> MaxPool 2x2 -> Dense(64) -> Dense(classes)."""
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 
@@ -15,13 +17,14 @@ class SeedCNN(nn.Module):
   num_classes: int
   features: int = 32
   hidden: int = 64
+  dtype: Any = None  # Of activations and computations (config.dtype); None: inputs'.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train  # No dropout or batch statistics in this model.
-    x = layers.Conv(self.features, (3, 3), padding="VALID")(x)
+    x = layers.Conv(self.features, (3, 3), padding="VALID", dtype=self.dtype)(x)
     x = nn.relu(x)
     x = layers.max_pool_2x2(x)
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(self.hidden)(x))
-    return nn.Dense(self.num_classes)(x)
+    x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(x))
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x)

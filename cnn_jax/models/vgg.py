@@ -33,11 +33,12 @@ class VGGBN(nn.Module):
   conv: Any = layers.Conv
   norm: Any = "batch"
   act: Any = "relu"
+  dtype: Any = None  # Of activations and computations (config.dtype); None: inputs'.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = components.conv(self.conv)
-    norm = components.norm(self.norm, train, self.bn_momentum)
+    conv = components.conv(self.conv, self.dtype)
+    norm = components.norm(self.norm, train, self.bn_momentum, self.dtype)
     act = components.act(self.act)
     for width in self.widths:
       for _ in range(self.convs_per_block):
@@ -46,7 +47,7 @@ class VGGBN(nn.Module):
       x = layers.max_pool_2x2(x)
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))
-    x = nn.Dense(self.hidden, use_bias=False)(x)
+    x = nn.Dense(self.hidden, use_bias=False, dtype=self.dtype)(x)
     x = act(norm()(x))
     x = nn.Dropout(self.head_dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_classes)(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x)

@@ -21,16 +21,17 @@ class EncoderBlock(nn.Module):
   norm: ModuleDef
   act: Callable
   dropout_rate: float = 0.0
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     dropout = lambda y: nn.Dropout(self.dropout_rate, deterministic=not train)(y)
     y = self.norm()(x)
-    y = nn.MultiHeadDotProductAttention(num_heads=self.heads)(y, y)
+    y = nn.MultiHeadDotProductAttention(num_heads=self.heads, dtype=self.dtype)(y, y)
     x = x + dropout(y)
     y = self.norm()(x)
-    y = dropout(self.act(nn.Dense(self.mlp_dim)(y)))
-    return x + dropout(nn.Dense(x.shape[-1])(y))
+    y = dropout(self.act(nn.Dense(self.mlp_dim, dtype=self.dtype)(y)))
+    return x + dropout(nn.Dense(x.shape[-1], dtype=self.dtype)(y))
 
 
 class ViT(nn.Module):
@@ -54,6 +55,7 @@ class ViT(nn.Module):
   pool: str = "cls"
   norm: Any = "layer"
   act: Any = "gelu"
+  dtype: Any = None  # Of activations and computations (config.dtype); None: inputs'.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -65,24 +67,27 @@ class ViT(nn.Module):
           "both sides (e.g. 4 for 28x28 or 32x32).")
     if self.pool not in ("cls", "mean"):
       raise errors.ConfigError(f"ViT pool={self.pool!r}: use 'cls' or 'mean'.")
-    norm = components.norm(self.norm, train)
+    norm = components.norm(self.norm, train, dtype=self.dtype)
     act = components.act(self.act)
     # Patches as a reshape and one matmul: the same as a p x p stride-p convolution,
     # without a strided convolution's slow gradient on CPU.
     x = x.reshape(n, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-    x = nn.Dense(self.dim, name="embedding")(x.reshape(n, -1, p * p * c))
+    x = nn.Dense(self.dim, dtype=self.dtype, name="embedding")(
+        x.reshape(n, -1, p * p * c))
     if self.pool == "cls":
       cls = self.param("cls", nn.initializers.zeros_init(), (1, 1, self.dim))
-      x = jnp.concatenate([jnp.broadcast_to(cls, (n, 1, self.dim)), x], axis=1)
+      x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (n, 1, self.dim)), x],
+                          axis=1)
+    # Parameters used directly are cast, so a float32 one does not promote the tokens.
     x = x + self.param("pos_embedding", nn.initializers.normal(0.02),
-                       (1, x.shape[1], self.dim))
+                       (1, x.shape[1], self.dim)).astype(x.dtype)
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     for _ in range(self.depth):
       x = EncoderBlock(self.heads, self.mlp_dim, norm=norm, act=act,
-                       dropout_rate=self.dropout_rate)(x, train)
+                       dropout_rate=self.dropout_rate, dtype=self.dtype)(x, train)
     x = norm(name="encoder_norm")(x)
     x = x[:, 0] if self.pool == "cls" else jnp.mean(x, axis=1)
-    return nn.Dense(self.num_classes, name="head")(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
 
 
 ViTTiny = functools.partial(ViT, dim=192, depth=6, heads=3, mlp_dim=384)

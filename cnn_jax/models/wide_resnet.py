@@ -57,6 +57,7 @@ class WideResNet(nn.Module):
   conv: Any = layers.Conv
   norm: Any = "batch"
   act: Any = "relu"
+  dtype: Any = None  # Of activations and computations (config.dtype); None: inputs'.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -64,8 +65,8 @@ class WideResNet(nn.Module):
       raise errors.ConfigError(
           f"WideResNet depth={self.depth} is not of the form 6n + 4 with n >= 1 "
           "(10, 16, 22, 28, 40, ...).")
-    conv = components.conv(self.conv)
-    norm = components.norm(self.norm, train, self.bn_momentum)
+    conv = components.conv(self.conv, self.dtype)
+    norm = components.norm(self.norm, train, self.bn_momentum, self.dtype)
     act = components.act(self.act)
     x = conv(16, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name="conv_init")(x)
     for i in range(3):
@@ -75,7 +76,7 @@ class WideResNet(nn.Module):
                       dropout_rate=self.dropout_rate)(x, train)
     x = act(norm(name="norm_final")(x))
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes)(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x)
 
 
 WRN16_4 = functools.partial(WideResNet, depth=16, widen_factor=4)
