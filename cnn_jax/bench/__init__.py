@@ -12,7 +12,7 @@ Method (issue 14):
   and reports how many windows it discarded before them.
 - Keras at its best and as shipped: its defaults (steps_per_execution 1, jit_compile
   "auto"), then each steps_per_execution of the cell with and without XLA, one
-  measurement each; the defaults and every setting within 10% of the fastest are
+  measurement each; the defaults and every setting within 5% of the fastest are
   then measured again with ours, interleaved (ours, Keras, ours, Keras, ...) for
   several repetitions. Cells give the median and min-max over repetitions; the ratio
   that counts is ours against the fastest Keras setting.

@@ -17,7 +17,7 @@ from cnn_jax.bench import workers
 E2E_EPOCHS = 5
 # Keras settings within this share of the fastest tuning measurement (one each) are
 # measured again in the interleaved repetitions (the others cannot be the fastest).
-RETRY_MARGIN = 0.10
+RETRY_MARGIN = 0.05
 # The issue's estimate of the CPU compute floor of the tutorial CNN, images/s.
 ISSUE_FLOOR = 60_000
 
@@ -171,7 +171,7 @@ def benchmark(cells, reps: int, e2e_reps: int, tolerance: float, max_windows: in
     seed32 = next((c for c in results["cells"] if c["name"] == "seed_cnn/32"), None)
     best = seed32["keras"]["fastest_config"] if seed32 else None
     results["end_to_end"] = e2e.run(data_dir, 1 if quick else E2E_EPOCHS, e2e_reps,
-                                    best, quick)
+                                    best, quick, log)
   results["load"] = method.load_between(start, method.LoadSnapshot.take())
   results["idle_after"] = method.idle_check()
   results["floor"] = compute_floor(results)

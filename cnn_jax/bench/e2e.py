@@ -108,7 +108,7 @@ def run_keras(arrays: str, epochs: int, settings: dict | None) -> dict:
 
 
 def run(data_dir: str | None, epochs: int, reps: int, best: dict | None,
-        quick: bool = False) -> dict:
+        quick: bool = False, log=print) -> dict:
   """Times ours, Keras as shipped and Keras at `best` settings, `reps` times each,
   interleaved; the ratio is the faster Keras's median over ours'."""
   name = dataset(data_dir, quick)
@@ -118,10 +118,12 @@ def run(data_dir: str | None, epochs: int, reps: int, best: dict | None,
   with tempfile.TemporaryDirectory(prefix="cnn_jax_bench_") as tmp:
     arrays = os.path.join(tmp, f"{name}.npz")
     export_arrays(name, data_dir, arrays)
-    for _ in range(reps):
+    for rep in range(reps):
       runs["ours"].append(run_ours(name, data_dir, epochs))
       runs["keras_defaults"].append(run_keras(arrays, epochs, None))
       runs["keras_best"].append(run_keras(arrays, epochs, best))
+      log(f"  end to end rep {rep + 1}/{reps}: " + ", ".join(
+          f"{k} {v[-1]['seconds']:.1f} s" for k, v in runs.items()))
   rows = {k: {"seconds": method.spread([r["seconds"] for r in v]), "runs": v}
           for k, v in runs.items()}
   fastest = min(("keras_defaults", "keras_best"),
