@@ -27,10 +27,11 @@ _SPEED_KEYS = ("images_per_sec", "eval_images_per_sec", "data_wait_sec", "epoch_
 
 
 class Reporter:
-  """Writes the run's records; only process 0 writes files or prints."""
+  """Writes the run's records; only process 0 writes files or prints. Epoch lines on
+  the console start with `label` (which of several runs it is; '' for one run)."""
 
-  def __init__(self, workdir: str):
-    self.workdir = workdir
+  def __init__(self, workdir: str, label: str = ""):
+    self.workdir, self.label = workdir, label
     self.is_main = jax.process_index() == 0
     self._writer = None
 
@@ -100,7 +101,7 @@ class Reporter:
         f"{name} loss {record[f'{name}_loss']:.4f} acc {record[f'{name}_accuracy']:.4f}  "
         for name in (details or {}) if f"{name}_loss" in record and
         f"{name}_accuracy" in record)
-    print(f"epoch {record['epoch']:3d}  step {record['step']:7d}  "
+    print(f"{self.label}epoch {record['epoch']:3d}  step {record['step']:7d}  "
           f"train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}  "
           f"{evals}{record['images_per_sec']:,.0f} img/s  "
           f"eval {record['eval_images_per_sec']:,.0f} img/s", flush=True)

@@ -8,6 +8,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -100,6 +101,8 @@ class Experiment:
   load_sec: float  # Time to open the dataset and load it onto the devices.
   evaluators: list[evaluators_lib.Evaluator]
   model_summary: dict  # models.summary: parameters and forward FLOPs per image.
+  create: callable  # Init key -> TrainState (`state_factory`).
+  step_functions: tuple  # (train_steps, evaluate) before jit (`step_functions`).
 
   def evaluate(self, state, ev: evaluators_lib.Evaluator) -> tuple[dict, dict]:
     """(scalars, details) of evaluator `ev` on `state`: every example of its split."""
@@ -145,21 +148,38 @@ def state_factory(config, model, image_shape, steps_per_epoch: int):
                            tx=tx, ema=config.ema_decay > 0)
 
 
+def train_steps_fn(config, preprocess, augment, mix, batch_sharding):
+  """`train.train_steps` with the config's step options and these input functions."""
+  step_options = dict(label_smoothing=config.label_smoothing,
+                      accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay)
+  return functools.partial(train_lib.train_steps, preprocess=preprocess, augment=augment,
+                           mix=mix, step_options=step_options,
+                           batch_sharding=batch_sharding)
+
+
 def compile_train_chunk(config, preprocess, augment, mix, batch_sharding):
   """The run's jitted `train.train_steps` (state donated): what every dispatch runs,
   and what `./run.sh bench` times."""
-  step_options = dict(label_smoothing=config.label_smoothing,
-                      accum_steps=config.grad_accum_steps, ema_decay=config.ema_decay)
-  return jax.jit(
-      functools.partial(train_lib.train_steps, preprocess=preprocess, augment=augment,
-                        mix=mix, step_options=step_options,
-                        batch_sharding=batch_sharding), donate_argnums=0)
+  return jax.jit(train_steps_fn(config, preprocess, augment, mix, batch_sharding),
+                 donate_argnums=0)
 
 
 def configured_splits(config) -> list[str]:
   """The named splits a config gives a run (known before any data is read)."""
   has_validation = bool(config.validation_split or config.validation_fraction)
   return ["train", *(["validation"] if has_validation else []), "test"]
+
+
+def step_functions(config, data: data_lib.Dataset, mesh) -> tuple[callable, callable]:
+  """(train_steps, evaluate): `train_lib.train_steps` and `train_lib.evaluate` with the
+  config's input functions and step options bound, not yet compiled."""
+  preprocess, augment = input_fns(config, data)
+  batch_sharding = mesh_lib.batch_sharding(mesh)
+  mix = augment_lib.make_mix(data.info.num_classes, config.mixup_alpha,
+                             config.cutmix_alpha)
+  return (train_steps_fn(config, preprocess, augment, mix, batch_sharding),
+          functools.partial(train_lib.evaluate, preprocess=preprocess,
+                            batch_sharding=batch_sharding))
 
 
 def build_experiment(config) -> Experiment:
@@ -179,16 +199,12 @@ def build_experiment(config) -> Experiment:
   create = state_factory(config, model, info.image_shape, data.steps_per_epoch)
   state = jax.jit(create, out_shardings=mesh_lib.replicated(mesh))(
       root_keys(config.seed)["init"])
-  preprocess, augment = input_fns(config, data)
-  batch_sharding = mesh_lib.batch_sharding(mesh)
-  mix = augment_lib.make_mix(info.num_classes, config.mixup_alpha, config.cutmix_alpha)
-  train_chunk = compile_train_chunk(config, preprocess, augment, mix, batch_sharding)
-  evaluate_fn = jax.jit(functools.partial(
-      train_lib.evaluate, preprocess=preprocess, batch_sharding=batch_sharding),
-                        static_argnames=("top_k", "ema"))
-  return Experiment(config, mesh, data, state, train_chunk, evaluate_fn,
+  train_fn, evaluate_fn = step_functions(config, data, mesh)
+  return Experiment(config, mesh, data, state, jax.jit(train_fn, donate_argnums=0),
+                    jax.jit(evaluate_fn, static_argnames=("top_k", "ema")),
                     fingerprint(config, info), optim.make_schedule(**schedule), load_sec,
-                    evaluators, models.summary(model, info.image_shape))
+                    evaluators, models.summary(model, info.image_shape), create,
+                    (train_fn, evaluate_fn))
 
 
 def open_checkpoints(config, workdir: str) -> checkpoint_lib.Checkpoints:
@@ -222,21 +238,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   workdir = os.path.abspath(workdir)
   configs.check(config, jax.device_count(), jax.process_count())
-  workdir_lib.check_writable(workdir, os.path.join(workdir, CHECKPOINT_DIR))
-  reporter = report_lib.Reporter(workdir)
+  reporter = open_workdir(workdir)
   # Signals become stop requests from here on: a stop during start-up ends the run
   # before training, one during training saves first.
   with workdir_lib.locked(workdir, reporter.info), preemption.stop_on_signals() as stop:
     exp = build_experiment(config)
     ckpts = open_checkpoints(config, workdir)
     try:
-      state, epoch_sums = _restore_or_init(exp, ckpts, workdir, reporter)
+      this = Run(config, workdir, reporter, ckpts, exp.fingerprint, exp.data)
+      state, epoch_sums, _ = resume(exp, this, exp.state)
       exp.state = None  # The initial state was only a target: no second copy on device.
-      workdir_lib.record_start(workdir, config, int(metrics_lib.host_value(state.step)))
-      reporter.write_config(config)
-      reporter.write_dataset(exp.data.info, exp.data.channel_stats)
-      reporter.write_model(config.model, exp.model_summary)
-      record = _train(exp, state, epoch_sums, ckpts, reporter, workdir, stop)
+      [record] = train_runs(exp, [this], state, epoch_sums, stop)
     finally:
       ckpts.close()
       reporter.close()
@@ -248,20 +260,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return record
 
 
-def _restore_or_init(exp: Experiment, ckpts, workdir: str, reporter):
-  check = lambda meta: check_fingerprint(meta.get("fingerprint", {}), exp.fingerprint,
-                                         workdir)
-  restored, meta, step, skipped = ckpts.restore_newest_good(exp.state, check_meta=check)
+def open_workdir(workdir: str, label: str = "") -> report_lib.Reporter:
+  """The reporter of `workdir`, after checking it can be written (before any work)."""
+  workdir_lib.check_writable(workdir, os.path.join(workdir, CHECKPOINT_DIR))
+  return report_lib.Reporter(workdir, label)
+
+
+@dataclasses.dataclass
+class Run:
+  """One run of an experiment: its config, its workdir and what writes there, its
+  fingerprint and the dataset as its seed orders it. `train_runs` trains one, or
+  several seeds of one config at once (cnn_jax/seeds.py)."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  reporter: report_lib.Reporter
+  ckpts: checkpoint_lib.Checkpoints
+  fingerprint: dict
+  data: data_lib.Dataset
+
+
+def resume(exp: Experiment, this: Run, target) -> tuple:
+  """(state, epoch sums, step) of the run's newest good checkpoint, or (`target`, zero
+  sums, 0) when it has none; records this start and writes the run's description
+  files (config, dataset, model)."""
+  check = lambda meta: check_fingerprint(meta.get("fingerprint", {}), this.fingerprint,
+                                         this.workdir)
+  restored, meta, step, skipped = this.ckpts.restore_newest_good(target,
+                                                                 check_meta=check)
   for bad, reason in skipped:  # All newer than the step restored: out of its way.
-    reporter.info(f"checkpoint step {bad} is damaged ({reason}); skipped it "
-                  f"({ckpts.set_aside(bad)})")
-  report_lib.truncate_metrics(workdir, step or 0)
+    this.reporter.info(f"checkpoint step {bad} is damaged ({reason}); skipped it "
+                       f"({this.ckpts.set_aside(bad)})")
+  report_lib.truncate_metrics(this.workdir, step or 0)
   if restored is None:
-    return exp.state, train_lib.zero_metrics()
-  reporter.info(f"resumed from checkpoint step {step} in {ckpts.directory}")
-  sums = jax.tree.map(lambda z, v: z + np.float32(v), train_lib.zero_metrics(),
-                      meta["epoch_sums"])
-  return restored, sums
+    state, sums, step = target, train_lib.zero_metrics(), 0
+  else:
+    this.reporter.info(f"resumed from checkpoint step {step} in {this.ckpts.directory}")
+    state = restored
+    sums = jax.tree.map(lambda z, v: z + np.float32(v), train_lib.zero_metrics(),
+                        meta["epoch_sums"])
+  workdir_lib.record_start(this.workdir, this.config, step)
+  this.reporter.write_config(this.config)
+  this.reporter.write_dataset(exp.data.info, exp.data.channel_stats)
+  this.reporter.write_model(this.config.model, exp.model_summary)
+  return state, sums, step
 
 
 def check_divergence(loss: float, num_classes: int, factor: float, epoch: int,
@@ -281,90 +322,123 @@ def check_divergence(loss: float, num_classes: int, factor: float, epoch: int,
       "on NaN or inf only.")
 
 
-def _train(exp: Experiment, state, epoch_sums, ckpts, reporter, workdir: str,
-           stop: preemption.StopRequest) -> dict:
+def train_runs(exp: Experiment, runs: list[Run], state, epoch_sums,
+               stop: preemption.StopRequest) -> list[dict]:
+  """Trains `runs` from `state` to the end, each reporting and saving in its workdir;
+  returns each one's last epoch record.
+
+  One run: `state` and `epoch_sums` are its own, `exp.train_chunk` the compiled
+  `train_steps`. Several (seeds of one config, at the same step: cnn_jax/seeds.py):
+  they are stacked on a leading axis of one entry per run, and `exp.train_chunk` maps
+  over it (the data arrays shared, each run's batches its own).
+  """
   config, info = exp.config, exp.data.info
+  stacked, lead = len(runs) > 1, runs[0].reporter
+  part = (lambda tree, k: jax.tree.map(lambda x: x[k], tree)) if stacked else (
+      lambda tree, k: tree)
   steps_per_epoch = exp.data.steps_per_epoch
   total_steps = steps_per_epoch * config.num_epochs
   chunk, every = max(1, config.steps_per_dispatch), config.checkpoint_every_steps
-  step = int(metrics_lib.host_value(state.step))
-  record = None
+  step = int(metrics_lib.host_value(part(state, 0).step))
+  records = [None] * len(runs)
   splits = " / ".join(f"{n} {s}" for s, n in info.splits.items())
-  reporter.info(f"{config.model}: {report_lib.model_line(exp.model_summary)}")
-  reporter.info(
+  lead.info(f"{config.model}: {report_lib.model_line(exp.model_summary)}")
+  lead.info(
       f"{config.model} on {info.name}: {splits}, "
       f"image {info.image_shape}, {info.num_classes} classes, {exp.mesh.devices.size} "
       f"device(s) ({jax.devices()[0].platform}); {steps_per_epoch} steps/epoch, "
       f"starting at step {step} of {total_steps}; data loaded in {exp.load_sec:.2f} s "
-      f"({exp.data.pipeline})")
+      f"({exp.data.pipeline})"
+      + (f"; {len(runs)} seeds in one program (jax.vmap)" if stacked else ""))
 
-  def save(metrics=None):
+  def save(metrics=lambda k: None):
     epoch, pos = divmod(step, steps_per_epoch)
-    meta = {"step": step, "epoch": epoch, "position": pos, "fingerprint": exp.fingerprint,
-            "epoch_sums": metrics_lib.to_host(epoch_sums)}
-    ckpts.save(step, state, meta=meta, metrics=metrics)
+    for k, r in enumerate(runs):
+      meta = {"step": step, "epoch": epoch, "position": pos,
+              "fingerprint": r.fingerprint,
+              "epoch_sums": metrics_lib.to_host(part(epoch_sums, k))}
+      r.ckpts.save(step, part(state, k), meta=meta, metrics=metrics(k))
+
+  def preempted():
+    for r in runs:
+      r.ckpts.wait()
+    return preemption.Preempted(step, stop.signum)
 
   if preemption.agreed(stop):  # During start-up: nothing new to save.
     raise preemption.Preempted(step, stop.signum, saved=False)
   while step < total_steps:
     epoch, pos = divmod(step, steps_per_epoch)
-    batches = exp.data.train_epoch(epoch, pos)
+    batches = [r.data.train_epoch(epoch, pos) for r in runs]
     first_pos, t0 = pos, time.perf_counter()
-    with reporter.progress(steps_per_epoch, pos, epoch + 1) as bar:
+    with lead.progress(steps_per_epoch, pos, epoch + 1) as bar:
       while pos < steps_per_epoch:
         end = chunk_end(step, pos, steps_per_epoch, chunk, every)
-        inputs = batches.take(pos, end)
-        state, sums = exp.train_chunk(state, inputs.arrays, inputs.index)
+        inputs = [b.take(pos, end) for b in batches]
+        index = np.stack([i.index for i in inputs]) if stacked else inputs[0].index
+        state, sums = exp.train_chunk(state, inputs[0].arrays, index)
         epoch_sums = train_lib.add_metrics(epoch_sums, sums)
-        chunk_metrics = metrics_lib.summarize(sums, "train")
-        check_divergence(chunk_metrics["train_loss"], info.num_classes,
-                         config.divergence_factor, epoch, step, step + end - pos,
-                         ckpts.latest_step())
+        sums = jax.tree.map(metrics_lib.host_value, sums)
+        learning_rate = float(exp.schedule(step + end - pos))
+        for k, r in enumerate(runs):
+          chunk_metrics = metrics_lib.summarize(part(sums, k), "train")
+          try:
+            check_divergence(chunk_metrics["train_loss"], info.num_classes,
+                             config.divergence_factor, epoch, step, step + end - pos,
+                             r.ckpts.latest_step())
+          except errors.DivergenceError as e:
+            if not stacked:
+              raise
+            raise errors.DivergenceError(f"{r.workdir}: {e}") from None
+          r.reporter.scalars(step + end - pos,
+                             {**chunk_metrics, "learning_rate": learning_rate})
         step += end - pos
-        reporter.scalars(step, {**chunk_metrics,
-                                "learning_rate": float(exp.schedule(step))})
         bar.update(end - pos)
         pos = end
         stopping = preemption.agreed(stop)
         if pos < steps_per_epoch and (stopping or (every and step % every == 0)):
           save()
           if stopping:
-            ckpts.wait()
-            raise preemption.Preempted(step, stop.signum)
+            raise preempted()
     train_time = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    evals, details = exp.evaluate_due(state, epoch + 1)
-    eval_time = time.perf_counter() - t1
-    evaluated = sum(info.splits[ev.split] for ev in exp.evaluators if ev.name in details)
-    record = {
-        "epoch": epoch + 1, "step": step,
-        **metrics_lib.summarize(epoch_sums, "train"), **evals,
-        "images_per_sec": (pos - first_pos) * config.batch_size / train_time,
-        "eval_images_per_sec": evaluated / eval_time,
-        "data_wait_sec": batches.wait_sec,
-        "learning_rate": float(exp.schedule(step)),
-        "epoch_time_sec": train_time + eval_time,
-    }
-    # The record goes first: if the save below is cut short, the resumed run
-    # drops it (it is past the checkpoint) and redoes the epoch.
-    reporter.epoch(record, details)
-    epoch_sums = train_lib.zero_metrics()
-    save(metrics=evals if config.best_metric in evals else None)
+    evals = []
+    for k, r in enumerate(runs):
+      t1 = time.perf_counter()
+      scalars, details = exp.evaluate_due(part(state, k), epoch + 1)
+      eval_time = time.perf_counter() - t1
+      evaluated = sum(info.splits[ev.split] for ev in exp.evaluators
+                      if ev.name in details)
+      records[k] = {
+          "epoch": epoch + 1, "step": step,
+          **metrics_lib.summarize(part(epoch_sums, k), "train"), **scalars,
+          # Each run's own: the program trains all of them in that time.
+          "images_per_sec": (pos - first_pos) * config.batch_size / train_time,
+          "eval_images_per_sec": evaluated / eval_time,
+          "data_wait_sec": batches[k].wait_sec,
+          "learning_rate": float(exp.schedule(step)),
+          "epoch_time_sec": train_time + eval_time,
+      }
+      # The record goes first: if the save below is cut short, the resumed run
+      # drops it (it is past the checkpoint) and redoes the epoch.
+      r.reporter.epoch(records[k], details)
+      evals.append(scalars)
+    epoch_sums = jax.tree.map(jnp.zeros_like, epoch_sums)
+    save(metrics=lambda k: evals[k] if config.best_metric in evals[k] else None)
     if preemption.agreed(stop) and step < total_steps:
-      ckpts.wait()
-      raise preemption.Preempted(step, stop.signum)
+      raise preempted()
   # The last save completes while signals are still turned into stop requests.
-  ckpts.wait()
+  for r in runs:
+    r.ckpts.wait()
   if stop:
-    reporter.info(f"{preemption.signal_name(stop.signum)} came after the last epoch: "
-                  "the run is complete")
+    lead.info(f"{preemption.signal_name(stop.signum)} came after the last epoch: "
+              "the run is complete")
 
-  if record is None:  # Nothing left to train: report the restored state.
-    previous = report_lib.read_metrics(workdir)
-    record = {**(previous[-1] if previous else {}), **exp.evaluate_due(state)[0],
-              "step": step}
-    reporter.info("training already complete; evaluated the latest checkpoint")
-  return record
+  for k, r in enumerate(runs):
+    if records[k] is None:  # Nothing left to train: report the restored state.
+      previous = report_lib.read_metrics(r.workdir)
+      records[k] = {**(previous[-1] if previous else {}),
+                    **exp.evaluate_due(part(state, k))[0], "step": step}
+      r.reporter.info("training already complete; evaluated the latest checkpoint")
+  return records
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

@@ -2,10 +2,12 @@
 
 Runs every setting of the grid (the product of the `--sweep` values) with N seeds
 (config.seed, config.seed + 1, ...), each in its own workdir `D/<setting>/seed<k>`:
-a finished run is not redone, an interrupted one resumes. Each run is read at the
-checkpoint its selection rule picks (its best validation checkpoint), and the settings
-are compared on the mean validation metric; test metrics are reported, never used to
-choose. Writes D/sweep.md (mean and standard deviation per setting) and D/sweep.json.
+a finished run is not redone, an interrupted one resumes. With `--vmap_seeds`, the
+seeds of a setting train at once, in one program (cnn_jax/seeds.py), each still a run
+of its own. Each run is read at the checkpoint its selection rule picks (its best
+validation checkpoint), and the settings are compared on the mean validation metric;
+test metrics are reported, never used to choose. Writes D/sweep.md (mean and standard
+deviation per setting) and D/sweep.json.
 """
 
 import itertools
@@ -17,6 +19,7 @@ import numpy as np
 from cnn_jax import plots
 from cnn_jax import report as report_lib
 from cnn_jax import run
+from cnn_jax import seeds as seeds_lib
 from cnn_jax.errors import ConfigError
 
 
@@ -46,8 +49,13 @@ def setting_name(setting: dict) -> str:
   return ",".join(f"{k}={v}" for k, v in setting.items()) or "base"
 
 
-def sweep(config, workdir: str, grid: dict[str, list], seeds: int) -> list[dict]:
-  """Runs the sweep (see the module docstring); returns a row per setting."""
+def sweep(config, workdir: str, grid: dict[str, list], seeds: int,
+          vmap_seeds: bool = False) -> list[dict]:
+  """Runs the sweep (see the module docstring); returns a row per setting.
+
+  `vmap_seeds`: train the unfinished seeds of each setting in one program
+  (`seeds.train_seeds`; in-memory data only) instead of one after another.
+  """
   metric = config.best_metric
   if not metric:
     raise ConfigError("A sweep chooses on a validation metric: give the config a "
@@ -57,18 +65,22 @@ def sweep(config, workdir: str, grid: dict[str, list], seeds: int) -> list[dict]
     raise ConfigError(f"--seeds={seeds}: run at least one seed.")
   rows = []
   for setting in settings(grid):
-    records = []
-    for k in range(seeds):
-      run_config = config.copy_and_resolve_references()
-      with run_config.unlocked():
-        for field, value in setting.items():
-          run_config[field] = value
-        run_config.seed = config.seed + k
-      run_dir = os.path.join(workdir, setting_name(setting), f"seed{k}")
-      done = report_lib.read_metrics(run_dir) if os.path.isdir(run_dir) else []
-      if not done or done[-1]["epoch"] < run_config.num_epochs:
-        run.train_and_evaluate(run_config, run_dir)
-      records.append(plots.selected_record(run_dir)[0])
+    setting_config = config.copy_and_resolve_references()
+    with setting_config.unlocked():
+      for field, value in setting.items():
+        setting_config[field] = value
+    run_dirs = [os.path.join(workdir, setting_name(setting), f"seed{k}")
+                for k in range(seeds)]
+    pending = [k for k in range(seeds)
+               if not _finished(run_dirs[k], setting_config.num_epochs)]
+    if vmap_seeds and len(pending) > 1:
+      seeds_lib.train_seeds(setting_config, [config.seed + k for k in pending],
+                            [run_dirs[k] for k in pending])
+    else:
+      for k in pending:
+        run.train_and_evaluate(seeds_lib.seed_config(setting_config, config.seed + k),
+                               run_dirs[k])
+    records = [plots.selected_record(run_dir)[0] for run_dir in run_dirs]
     rows.append(summarize(setting, records, metric))
   best = max(rows, key=lambda r: r[metric]["mean"] if config.best_mode == "max"
              else -r[metric]["mean"])
@@ -76,6 +88,11 @@ def sweep(config, workdir: str, grid: dict[str, list], seeds: int) -> list[dict]
     row["chosen"] = row is best
   write(workdir, rows, metric)
   return rows
+
+
+def _finished(run_dir: str, num_epochs: int) -> bool:
+  done = report_lib.read_metrics(run_dir) if os.path.isdir(run_dir) else []
+  return bool(done) and done[-1]["epoch"] >= num_epochs
 
 
 def summarize(setting: dict, records: list[dict], metric: str) -> dict:
