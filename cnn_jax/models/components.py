@@ -122,6 +122,13 @@ def act(value: str | Callable) -> Callable[[jax.Array], jax.Array]:
   return lookup(ACTIVATIONS, value, "act", "activation")
 
 
+def parts(model, train: bool) -> tuple[ModuleDef, ModuleDef, Callable]:
+  """(conv, norm, act) of a network with `conv`, `norm`, `act`, `bn_momentum` and
+  `dtype` fields, resolved for training (`train`) or evaluation."""
+  return (conv(model.conv, model.dtype),
+          norm(model.norm, train, model.bn_momentum, model.dtype), act(model.act))
+
+
 def pool(value: str | Callable) -> Callable[[jax.Array], jax.Array]:
   """The 2x2/2 pooling function named `value` in POOLS (or `value` itself)."""
   return lookup(POOLS, value, "pool", "pooling")

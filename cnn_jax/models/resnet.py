@@ -120,9 +120,7 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = components.conv(self.conv, self.dtype)
-    norm = components.norm(self.norm, train, self.bn_momentum, self.dtype)
-    act = components.act(self.act)
+    conv, norm, act = components.parts(self, train)
     block = components.lookup(BLOCKS, self.block, "block", "residual block")
     x = conv(self.width, (7, 7), (2, 2), padding=_pad(7), use_bias=False,
              name="conv_init")(x)
@@ -168,9 +166,7 @@ class CifarResNet(nn.Module):
       raise errors.ConfigError(
           f"CifarResNet shortcut={self.shortcut!r}: use 'pad' (option A) or "
           "'projection' (option B).")
-    conv = components.conv(self.conv, self.dtype)
-    norm = components.norm(self.norm, train, self.bn_momentum, self.dtype)
-    act = components.act(self.act)
+    conv, norm, act = components.parts(self, train)
     x = conv(self.width, (3, 3), padding=_pad(3), use_bias=False, name="conv_init")(x)
     x = act(norm(name="norm_init")(x))
     for i in range(3):

@@ -37,9 +37,7 @@ class VGGBN(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = components.conv(self.conv, self.dtype)
-    norm = components.norm(self.norm, train, self.bn_momentum, self.dtype)
-    act = components.act(self.act)
+    conv, norm, act = components.parts(self, train)
     for width in self.widths:
       for _ in range(self.convs_per_block):
         x = conv(width, (3, 3), padding="SAME", use_bias=False)(x)

@@ -65,9 +65,7 @@ class WideResNet(nn.Module):
       raise errors.ConfigError(
           f"WideResNet depth={self.depth} is not of the form 6n + 4 with n >= 1 "
           "(10, 16, 22, 28, 40, ...).")
-    conv = components.conv(self.conv, self.dtype)
-    norm = components.norm(self.norm, train, self.bn_momentum, self.dtype)
-    act = components.act(self.act)
+    conv, norm, act = components.parts(self, train)
     x = conv(16, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name="conv_init")(x)
     for i in range(3):
       for j in range((self.depth - 4) // 6):
