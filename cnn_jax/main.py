@@ -28,6 +28,8 @@ _SEEDS = flags.DEFINE_integer("seeds", 1, "sweep: seeds per setting.")
 _VMAP_SEEDS = flags.DEFINE_bool("vmap_seeds", False, "sweep: train the seeds of a "
                                 "setting at once, in one program (jax.vmap; data in "
                                 "memory).")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "sweep: train nothing; write the "
+                                 "table from the runs as they stand.")
 _JSON = flags.DEFINE_bool("json", False, "predict: machine-readable output.")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show TensorFlow, TFDS and absl messages "
                              "(hidden by default).")
@@ -52,7 +54,7 @@ USAGE = """commands:
   predict --workdir DIR [--step latest|best|N] [--top_k K] [--json] FILE...
   export --workdir DIR [--step ...] --format stablehlo|savedmodel --out DIR
   sweep --config FILE --workdir DIR --sweep FIELD=V1,V2 [--sweep ...] [--seeds N]
-        [--vmap_seeds]
+        [--vmap_seeds] [--report_only]
   prepare NAME --from DIR [--data_dir DIR]
 multi-process: add --local_processes N (here), or --num_processes N --process_id I
   --coordinator HOST:PORT on each host (Slurm and Open MPI are detected by JAX)."""
@@ -120,7 +122,7 @@ def main(argv):
       config = _CONFIG.value
       sweep.sweep(config, os.path.abspath(_WORKDIR.value),
                   sweep.parse_grid(_SWEEP.value, config), _SEEDS.value,
-                  _VMAP_SEEDS.value)
+                  _VMAP_SEEDS.value, train=not _REPORT_ONLY.value)
     elif command == "prepare" and len(args) == 1:
       from cnn_jax import prepare  # pylint: disable=g-import-not-at-top
       prepare.prepare_command(args[0], _FROM.value, _DATA_DIR.value)

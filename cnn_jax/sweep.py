@@ -7,7 +7,9 @@ seeds of a setting train at once, in one program (cnn_jax/seeds.py), each still 
 of its own. Each run is read at the checkpoint its selection rule picks (its best
 validation checkpoint), and the settings are compared on the mean validation metric;
 test metrics are reported, never used to choose. Writes D/sweep.md (mean and standard
-deviation per setting) and D/sweep.json.
+deviation per setting) and D/sweep.json. With `--report_only`, nothing is trained:
+the table is written from the runs as they stand (a sweep in progress, or one cut
+short), unfinished runs marked with their epochs and never chosen.
 """
 
 import itertools
@@ -50,11 +52,12 @@ def setting_name(setting: dict) -> str:
 
 
 def sweep(config, workdir: str, grid: dict[str, list], seeds: int,
-          vmap_seeds: bool = False) -> list[dict]:
+          vmap_seeds: bool = False, train: bool = True) -> list[dict]:
   """Runs the sweep (see the module docstring); returns a row per setting.
 
   `vmap_seeds`: train the unfinished seeds of each setting in one program
   (`seeds.train_seeds`; in-memory data only) instead of one after another.
+  `train=False`: train nothing; report the runs that have records, as they stand.
   """
   metric = config.best_metric
   if not metric:
@@ -73,6 +76,14 @@ def sweep(config, workdir: str, grid: dict[str, list], seeds: int,
                 for k in range(seeds)]
     pending = [k for k in range(seeds)
                if not _finished(run_dirs[k], setting_config.num_epochs)]
+    if not train:
+      run_dirs = [d for d in run_dirs if report_lib.read_metrics(d)]
+      if run_dirs:
+        records = [plots.selected_record(d)[0] for d in run_dirs]
+        rows.append(summarize(setting, records, metric, [
+            report_lib.read_metrics(d)[-1]["epoch"] for d in run_dirs],
+            setting_config.num_epochs))
+      continue
     if vmap_seeds and len(pending) > 1:
       seeds_lib.train_seeds(setting_config, [config.seed + k for k in pending],
                             [run_dirs[k] for k in pending])
@@ -82,8 +93,12 @@ def sweep(config, workdir: str, grid: dict[str, list], seeds: int,
                                run_dirs[k])
     records = [plots.selected_record(run_dir)[0] for run_dir in run_dirs]
     rows.append(summarize(setting, records, metric))
-  best = max(rows, key=lambda r: r[metric]["mean"] if config.best_mode == "max"
-             else -r[metric]["mean"])
+  if not rows:
+    raise ConfigError(f"No run of this sweep in {workdir} has records yet: nothing to "
+                      "report.")
+  finished = [r for r in rows if r["finished"]]
+  best = max(finished, key=lambda r: r[metric]["mean"] if config.best_mode == "max"
+             else -r[metric]["mean"]) if finished else None
   for row in rows:
     row["chosen"] = row is best
   write(workdir, rows, metric)
@@ -95,10 +110,15 @@ def _finished(run_dir: str, num_epochs: int) -> bool:
   return bool(done) and done[-1]["epoch"] >= num_epochs
 
 
-def summarize(setting: dict, records: list[dict], metric: str) -> dict:
+def summarize(setting: dict, records: list[dict], metric: str,
+              epochs: list[int] | None = None, num_epochs: int | None = None) -> dict:
   """Mean and standard deviation (ddof=1 over seeds; 0 for one seed) of each
-  validation and test metric of the selected records."""
-  row = {"setting": setting, "seeds": len(records), "steps": [r["step"] for r in records]}
+  validation and test metric of the selected records; `epochs` (each run's last
+  epoch) below `num_epochs` make the row unfinished."""
+  row = {"setting": setting, "seeds": len(records), "steps": [r["step"] for r in records],
+         "finished": not epochs or min(epochs) >= num_epochs}
+  if not row["finished"]:
+    row["epochs"], row["num_epochs"] = epochs, num_epochs
   keys = sorted({k for r in records for k in r
                  if k.startswith(("validation_", "test_")) and isinstance(r[k], float)})
   for k in keys:
@@ -121,6 +141,9 @@ def write(workdir: str, rows: list[dict], metric: str) -> None:
   for row in rows:
     cells = [f"{row[c]['mean']:.4f} ± {row[c]['std']:.4f}" for c in columns]
     name = setting_name(row["setting"]) + (" (chosen)" if row["chosen"] else "")
+    if not row["finished"]:
+      name += (f" (unfinished: epochs {'/'.join(map(str, row['epochs']))} of "
+               f"{row['num_epochs']})")
     lines.append(f"| {name} | {row['seeds']} | " + " | ".join(cells) + " |")
   with open(os.path.join(workdir, "sweep.md"), "w") as f:
     f.write("\n".join(lines) + "\n")

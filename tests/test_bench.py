@@ -187,3 +187,61 @@ def test_quick_bench_produces_every_row(tmp_path, data_dir):
   # The docs' tables are rendered from the JSON alone, the same text as printed.
   assert render.markdown(results).count("\n| ") >= 2 * len(plan.CELLS) + 3
   assert cli.main(["--markdown", str(out)]) == 0
+
+
+def test_best_rate_is_the_best_steady_measurement():
+  runs = [{"images_per_sec": 900.0, "steady": True}, {"images_per_sec": 1200.0,
+                                                       "steady": False},
+          {"images_per_sec": 1000.0, "steady": True}]
+  assert method.best_rate(runs) == 1000.0  # An unsteady burst does not count...
+  assert method.best_rate(runs[1:2]) == 1200.0  # ...unless nothing was steady.
+
+
+def _gpu_row(name, dtype, rates, flops=None):
+  reps = [{"images_per_sec": r, "steady": True, "discarded": 0} for r in rates]
+  row = {"name": name, "dtype": dtype, **method.summarize_reps(reps)}
+  if flops:
+    row["forward_flops_per_image"] = flops
+  return row
+
+
+def test_gpu_ratios_compare_each_sides_best_and_name_the_targets():
+  """gpu.add_ratios and gpu.targets on synthetic measurements (no GPU, no torch)."""
+  from cnn_jax.bench import gpu  # pylint: disable=g-import-not-at-top
+  rows = [_gpu_row("ours float32", "float32", [200, 300, 250], flops=1e6),
+          _gpu_row("ours bfloat16", "bfloat16", [400, 410, 390]),
+          _gpu_row("torch eager float32, as shipped", "float32", [100, 120, 110]),
+          _gpu_row("torch eager float32, tuned", "float32", [150, 160, 140]),
+          _gpu_row("torch eager bf16 autocast, tuned", "bfloat16", [100, 100, 100]),
+          _gpu_row("torch.compile float32, tuned", "float32", [100, 150, 120]),
+          _gpu_row("torch.compile bf16 autocast, tuned", "bfloat16", [205, 200, 190])]
+  assert [r["name"] for r in rows] == [name for name, _, _ in gpu.ROWS]
+  cell = {"name": "vgg_bn/512", "model": "vgg_bn", "rows": rows}
+  gpu.add_ratios(cell, {"flops_per_sec": {"float32": 3e9, "bfloat16": 6e9}})
+  assert cell["ratios"]["float32"] == pytest.approx(300 / 150)  # best / best
+  assert cell["ratios_median"]["float32"] == pytest.approx(250 / 120)
+  assert cell["ratios"]["bfloat16"] == pytest.approx(410 / 205)
+  assert cell["ratios"]["best"] == pytest.approx(410 / 205)
+  assert cell["ratios"]["torch_best"] == "torch.compile bf16 autocast, tuned"
+  assert cell["train_flops_per_image"] == 3e6
+  assert rows[0]["share_of_peak"] == pytest.approx(250 * 3e6 / 3e9)
+  assert rows[1]["share_of_peak"] == pytest.approx(400 * 3e6 / 6e9)
+  results = {"cells": [cell]}
+  targets = gpu.targets(results)
+  assert [t["pass"] for t in targets] == [True, True, True]
+  assert targets[0]["name"] == "vgg_bn/512 (float32): ours / torch.compile"
+
+
+def test_published_gpu_run_renders_from_its_json():
+  """docs/performance.md's GPU table is `--markdown docs/bench_gpu_latest.json`."""
+  path = os.path.join(os.path.dirname(__file__), "..", "docs", "bench_gpu_latest.json")
+  with open(path) as f:
+    results = json.load(f)
+  text = render.markdown(results)
+  for cell in results["cells"]:
+    assert cell["check"]["params_ours"] == cell["check"]["params_torch"]
+    assert cell["check"]["loss_torch"] == pytest.approx(cell["check"]["loss_ours"],
+                                                        rel=1e-4)
+    for row in cell["rows"]:
+      assert f"| {row['name']} | {row['images_per_sec']['median']:,.0f} (" in text
+  assert text.count("**pass**") + text.count("**FAIL**") == len(results["targets"])

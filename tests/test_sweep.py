@@ -46,6 +46,18 @@ def test_a_sweep_runs_each_setting_and_seed_once_and_chooses_on_validation(seed_
                                                 "config.json") for s in ("seed0", "seed1")]}
   assert seeds == {0, 1}
 
+  # --report_only trains nothing: an unrun setting is left out, an unfinished run is
+  # marked and its setting never chosen.
+  metrics = tmp_path / "learning_rate=0.003" / "seed1" / report.METRICS_FILE
+  metrics.write_text(metrics.read_text().splitlines()[0] + "\n")
+  grid_more = {"learning_rate": [1e-3, 3e-3, 1e-2]}
+  rows = sweep.sweep(seed_config, str(tmp_path), grid_more, seeds=2, train=False)
+  assert not (tmp_path / "learning_rate=0.01").exists()
+  assert [r["setting"]["learning_rate"] for r in rows] == [1e-3, 3e-3]
+  assert [r["finished"] for r in rows] == [True, False] and rows[0]["chosen"]
+  assert "learning_rate=0.003 (unfinished: epochs 2/1 of 2)" in (
+      tmp_path / "sweep.md").read_text()
+
 
 def test_a_sweep_needs_a_validation_metric(seed_config, tmp_path):
   with pytest.raises(ConfigError, match="chooses on a validation metric"):

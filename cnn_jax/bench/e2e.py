@@ -107,10 +107,15 @@ def run_keras(arrays: str, epochs: int, settings: dict | None) -> dict:
           "test_accuracy": float(accuracy.group(1)) if accuracy else None}
 
 
+def other(keras_row: str) -> str:
+  return "keras_best" if keras_row == "keras_defaults" else "keras_defaults"
+
+
 def run(data_dir: str | None, epochs: int, reps: int, best: dict | None,
         quick: bool = False, log=print) -> dict:
   """Times ours, Keras as shipped and Keras at `best` settings, `reps` times each,
-  interleaved; the ratio is the faster Keras's median over ours'."""
+  interleaved; the ratio that counts is the fastest Keras job's seconds over ours'
+  fastest (each side's best, as the cells compare), the medians' ratio beside it."""
   name = dataset(data_dir, quick)
   best = best or DEFAULT_BEST
   snap = method.LoadSnapshot.take()
@@ -131,6 +136,9 @@ def run(data_dir: str | None, epochs: int, reps: int, best: dict | None,
   paired = [k["seconds"] / o["seconds"] for o, k in zip(runs["ours"], runs[fastest])]
   return {"dataset": name, "epochs": epochs, "batch_size": BATCH_SIZE, "reps": reps,
           "keras_best_settings": best, **rows, "fastest_keras": fastest,
-          "ratio": rows[fastest]["seconds"]["median"] / rows["ours"]["seconds"]["median"],
+          "ratio": min(rows[fastest]["seconds"]["min"], rows[other(fastest)]["seconds"]["min"])
+                   / rows["ours"]["seconds"]["min"],
+          "ratio_median": rows[fastest]["seconds"]["median"]
+                          / rows["ours"]["seconds"]["median"],
           "ratio_paired": method.spread(paired),
           "load": method.load_between(snap, method.LoadSnapshot.take())}

@@ -79,6 +79,14 @@ def spread(values: list[float]) -> dict:
           "n": len(values)}
 
 
+def best_rate(measurements: list[dict]) -> float:
+  """The highest images/s among steady `measurements` (all of them if none is steady):
+  each side's best, the figure least disturbed by anything else on the machine, which
+  the ratio that counts compares (a noisy repetition of either side cannot move it)."""
+  steady = [m for m in measurements if m["steady"]] or measurements
+  return max(m["images_per_sec"] for m in steady)
+
+
 def summarize_reps(reps: list[dict]) -> dict:
   """A row's repetitions (`SteadyState.result()`s) as a spread of images/s, with the
   windows discarded and whether every repetition reached steady state."""

@@ -16,13 +16,15 @@ from cnn_jax.bench import workers
 
 
 def bench_config(spec: dict):
-  """The tutorial config with the cell's model and batch size, and the steps per
-  dispatch of the cell's experiment (capped at a window)."""
+  """The tutorial config with the cell's model, batch size and dtype (float32 unless
+  the spec says), and the steps per dispatch of the cell's experiment (capped at a
+  window)."""
   seed_cnn = importlib.import_module("experiments.seed_cnn")
   experiment = importlib.import_module(f"experiments.{spec['experiment']}")
   config = seed_cnn.get_config()
   config.model = spec["model"]
   config.batch_size = spec["batch_size"]
+  config.dtype = spec.get("dtype", "float32")
   config.steps_per_dispatch = min(experiment.get_config().steps_per_dispatch,
                                   spec["window_steps"])
   if spec["window_steps"] % config.steps_per_dispatch:
@@ -49,7 +51,7 @@ class OurTraining:
     mesh = mesh_lib.make_mesh()
     self.split = in_memory.put_split(*workers.random_data(spec["num_images"], shape),
                                      mesh)
-    net = models.build_model(config.model, spec["num_classes"])
+    net = models.build_model(config.model, spec["num_classes"], config.dtype)
     create = run.state_factory(config, net, shape,
                                spec["num_images"] // spec["batch_size"])
     self.keys = run.root_keys(config.seed)
@@ -69,7 +71,8 @@ class OurTraining:
     cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
     summary = models.summary(net, shape)
     self.info = {
-        "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "jax": jax.__version__, "device": jax.devices()[0].device_kind,
+        "dtype": config.dtype, "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "steps_per_dispatch": self.chunk, "setup_sec": t1 - t0,
         "compile_sec": compile_sec, "params": summary["params"],
         "forward_flops_per_image": summary["flops_per_image"],

@@ -26,17 +26,27 @@ class WorkerError(RuntimeError):
 
 
 class Worker:
-  """Parent side: a worker process of `kind` (see `cli.WORKER_KINDS`) for `spec`."""
+  """Parent side: a worker process of `kind` (a key of `cli._setups()`) for `spec`,
+  with `env` added to its environment. With `wait=False` it is started and left to
+  set up: call `wait_ready()` before the first request (workers set up in parallel)."""
 
-  def __init__(self, kind: str, spec: dict):
+  def __init__(self, kind: str, spec: dict, wait: bool = True, env: dict | None = None):
     self.kind = kind
     # A file, not a pipe: a chatty worker never blocks on a full stderr pipe.
     self._stderr = tempfile.TemporaryFile(mode="w+")
     self._proc = subprocess.Popen(
         [sys.executable, "-m", "cnn_jax.bench", "--worker", kind, "--spec",
          json.dumps(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=self._stderr, text=True, env=subprocess_env())
-    self.info = self._read(READY)
+        stderr=self._stderr, text=True, env={**subprocess_env(), **(env or {})})
+    self.info = None
+    if wait:
+      self.wait_ready()
+
+  def wait_ready(self) -> dict:
+    """Waits until the worker has set up; its info."""
+    if self.info is None:
+      self.info = self._read(READY)
+    return self.info
 
   def request(self, **command) -> dict:
     """Sends one request and returns the worker's result."""
