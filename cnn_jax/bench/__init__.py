@@ -1,4 +1,5 @@
-"""`./run.sh bench`: our training speed against the same networks in Keras, same CPU.
+"""`./run.sh bench`: our training speed against the same networks in Keras, same CPU
+(and with `--gpu`, against PyTorch on a GPU: gpu.py).
 
 Method (issue 14):
 - Cells (plan.CELLS): the tutorial CNN at batch 32 and 128, VGG-BN and ResNet-20 at
@@ -15,7 +16,9 @@ Method (issue 14):
   measurement each; the defaults and every setting within 5% of the fastest are
   then measured again with ours, interleaved (ours, Keras, ours, Keras, ...) for
   several repetitions. Cells give the median and min-max over repetitions; the ratio
-  that counts is ours against the fastest Keras setting.
+  that counts is ours against the fastest Keras setting, each side's best steady
+  measurement (method.best_rate), the medians' ratio beside it. Ours in bfloat16 is
+  timed in the same repetitions where a cell asks (plan.Cell.bf16).
 - Each framework runs in its own worker process, set up once per cell (workers.py).
 - End to end (e2e.py): the 5-epoch tutorial job, ours against the Keras tutorial
   script as shipped and at its best, each a fresh process, interleaved.
@@ -26,4 +29,5 @@ Method (issue 14):
   ./run.sh bench [--quick] [--cells seed_cnn/32,vgg_bn] [--data-dir DIR]
       [--out docs/bench_latest.json]
   ./run.sh bench --markdown docs/bench_latest.json   # the tables of an earlier run
+  python -m cnn_jax.bench --gpu                       # on a GPU machine with torch
 """

@@ -2,6 +2,7 @@
 table and writes the JSON (see the package docstring for the method)."""
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -39,7 +40,13 @@ def run_cell(cell: plan.Cell, reps: int, tolerance: float, max_windows: int,
   Keras defaults and every setting near the fastest `reps` times, interleaved."""
   snap = method.LoadSnapshot.take()
   spec = cell.spec(tolerance, max_windows)
-  with workers.Worker("ours", spec) as ours, workers.Worker("keras", spec) as peer:
+  with contextlib.ExitStack() as stack:
+    ours = stack.enter_context(workers.Worker("ours", spec))
+    peer = stack.enter_context(workers.Worker("keras", spec))
+    # Our mixed precision (config.dtype=bfloat16), beside our float32: no target.
+    bf16 = (stack.enter_context(workers.Worker("ours", {**spec, "dtype": "bfloat16"}))
+            if cell.bf16 else None)
+    bf16_reps = []
     tuning = []
 
     def tune(config):
@@ -59,10 +66,13 @@ def run_cell(cell: plan.Cell, reps: int, tolerance: float, max_windows: int,
       ours_reps.append(ours.request())
       for runs, t in zip(keras_reps, chosen):
         runs.append(peer.request(**t["config"]))
+      if bf16:
+        bf16_reps.append(bf16.request())
       log(f"  {cell.name} rep {rep + 1}/{reps}: ours "
           f"{ours_reps[-1]['images_per_sec']:,.0f} img/s, Keras "
           + ", ".join(f"{t['name']} {r[-1]['images_per_sec']:,.0f}"
-                      for t, r in zip(chosen, keras_reps)))
+                      for t, r in zip(chosen, keras_reps))
+          + (f", ours bfloat16 {bf16_reps[-1]['images_per_sec']:,.0f}" if bf16 else ""))
     ours_info, keras_info = ours.info, peer.info
   rows = [{"name": t["name"], "config": t["config"], **method.summarize_reps(r),
            "best": method.best_rate(r + [t])} for t, r in zip(chosen, keras_reps)]
@@ -83,6 +93,7 @@ def run_cell(cell: plan.Cell, reps: int, tolerance: float, max_windows: int,
           "ratio_median": ours_row["images_per_sec"]["median"]
                           / best["images_per_sec"]["median"],
           "ratio_paired": method.spread(paired),
+          "ours_bfloat16": method.summarize_reps(bf16_reps) if bf16_reps else None,
           "load": method.load_between(snap, method.LoadSnapshot.take())}
 
 
@@ -250,6 +261,15 @@ def _write(results: dict, path: str) -> None:
 
 def _gpu_main(args) -> int:
   from cnn_jax.bench import gpu  # pylint: disable=g-import-not-at-top
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise SystemExit("--gpu times PyTorch beside ours: install torch (with CUDA) "
+                     f"first ({e}).") from e
+  # Checked without JAX: a JAX backend in this process would take the GPU's memory.
+  if not torch.cuda.is_available() and not args.quick:
+    raise SystemExit("--gpu: PyTorch sees no CUDA GPU here (--quick runs the plumbing "
+                     "on the CPU).")
   cells = [plan.quick(c) for c in gpu.GPU_CELLS] if args.quick else list(gpu.GPU_CELLS)
   if args.cells:
     cells = [c for c in cells if c.name in args.cells.split(",")

@@ -16,6 +16,7 @@ row's achieved FLOP/s is 3x our forward FLOPs per image (models.summary) times i
 images/s: the share of that peak it reaches is reported.
 """
 
+import contextlib
 import datetime
 import time
 
@@ -153,13 +154,13 @@ def benchmark(cells, reps: int, tolerance: float, max_windows: int, quick: bool,
   with workers.Worker("gpu_peak", {"seconds": 0.2 if quick else 1.0},
                       env=worker_env("ours")) as peak:
     results["matmul_peak"] = peak.info
-  started = {}
-  try:
+  with contextlib.ExitStack() as stack:  # A failure kills every worker still up.
+    started = {}
     for cell in cells:  # Every worker sets up (and compiles) at once.
       spec = cell.spec(tolerance, max_windows)
       for name, kind, settings in ROWS:
-        started[cell.name, name] = workers.Worker(kind, {**spec, **settings}, wait=False,
-                                                  env=worker_env(kind))
+        started[cell.name, name] = stack.enter_context(workers.Worker(
+            kind, {**spec, **settings}, wait=False, env=worker_env(kind)))
     for worker in started.values():
       worker.wait_ready()
     log(f"GPU workers ready after {time.perf_counter() - t0:.0f} s")
@@ -169,11 +170,8 @@ def benchmark(cells, reps: int, tolerance: float, max_windows: int, quick: bool,
       measured = run_cell(cell, up, reps, log)
       add_ratios(measured, results["matmul_peak"])
       results["cells"].append(measured)
-      for worker in up.values():
+      for worker in up.values():  # Its GPU memory back before the next cell.
         worker.close()
-  finally:
-    for worker in started.values():
-      worker.close()
   results["targets"] = targets(results)
   results["warnings"] = [f"{c['name']} {r['name']}: a repetition reached no steady state"
                          for c in results["cells"] for r in c["rows"] if not r["steady"]]

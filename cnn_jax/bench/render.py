@@ -100,6 +100,22 @@ def details_table(results: dict) -> list[str]:
   return lines
 
 
+def bf16_lines(results: dict) -> list[str]:
+  """Our bfloat16 (config.dtype) against our float32 in the same cells."""
+  cells = [c for c in results["cells"] if c.get("ours_bfloat16")]
+  if not cells:
+    return []
+  lines = ["Ours in mixed precision (`--config.dtype=bfloat16`), the same repetitions:", "",
+           "| model, batch | float32 img/s | bfloat16 img/s | bfloat16 / float32 |",
+           "|---|---|---|---|"]
+  for cell in cells:
+    f32, b16 = cell["ours"]["images_per_sec"], cell["ours_bfloat16"]["images_per_sec"]
+    lines.append(f"| {MODEL_NAMES.get(cell['model'], cell['model'])}, "
+                 f"{cell['batch_size']} | {_cell(f32)} | {_cell(b16)} "
+                 f"| {_ratio(b16['median'] / f32['median'])} |")
+  return lines + [""]
+
+
 def e2e_table(job: dict) -> list[str]:
   best_name = plan.config_name(job["keras_best_settings"]) + ", float32"
   acc = lambda runs: "/".join(f"{r['test_accuracy']:.4f}" for r in runs
@@ -209,6 +225,7 @@ def markdown(results: dict) -> str:
   lines = header(results) + [""]
   if results["cells"]:
     lines += steady_table(results) + [""] + details_table(results) + [""]
+    lines += bf16_lines(results)
   if results.get("end_to_end"):
     lines += e2e_table(results["end_to_end"]) + [""]
   lines += ["Targets:"] + targets_list(results)
