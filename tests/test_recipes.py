@@ -45,7 +45,7 @@ def test_optimizers_by_name_and_clipping():
   sgd = optim.make_optimizer("constant", 1.0, 100, optimizer="sgd",
                              optimizer_kwargs={"momentum": 0.0}, grad_clip_norm=2.0)
   updates, _ = sgd.update(big, sgd.init(params), params)
-  assert float(optax.global_norm(updates)) == pytest.approx(2.0, rel=1e-5)
+  assert float(optax.tree.norm(updates)) == pytest.approx(2.0, rel=1e-5)
   nesterov = optim.make_optimizer("cosine", 0.1, 100, optimizer="sgd",
                                   optimizer_kwargs={"nesterov": True})
   nesterov.update(big, nesterov.init(params), params)
