@@ -77,12 +77,12 @@ def sweep(config, workdir: str, grid: dict[str, list], seeds: int,
     pending = [k for k in range(seeds)
                if not _finished(run_dirs[k], setting_config.num_epochs)]
     if not train:
-      run_dirs = [d for d in run_dirs if report_lib.read_metrics(d)]
-      if run_dirs:
-        records = [plots.selected_record(d)[0] for d in run_dirs]
-        rows.append(summarize(setting, records, metric, [
-            report_lib.read_metrics(d)[-1]["epoch"] for d in run_dirs],
-            setting_config.num_epochs))
+      epochs = [_last_epoch(d) for d in run_dirs]  # 0: a seed not started.
+      started = [d for d, epoch in zip(run_dirs, epochs) if epoch]
+      if started:
+        records = [plots.selected_record(d)[0] for d in started]
+        rows.append(summarize(setting, records, metric, epochs,
+                              setting_config.num_epochs))
       continue
     if vmap_seeds and len(pending) > 1:
       seeds_lib.train_seeds(setting_config, [config.seed + k for k in pending],
@@ -105,16 +105,22 @@ def sweep(config, workdir: str, grid: dict[str, list], seeds: int,
   return rows
 
 
-def _finished(run_dir: str, num_epochs: int) -> bool:
+def _last_epoch(run_dir: str) -> int:
+  """The last epoch `run_dir` logged (0: none)."""
   done = report_lib.read_metrics(run_dir) if os.path.isdir(run_dir) else []
-  return bool(done) and done[-1]["epoch"] >= num_epochs
+  return done[-1]["epoch"] if done else 0
+
+
+def _finished(run_dir: str, num_epochs: int) -> bool:
+  return _last_epoch(run_dir) >= num_epochs
 
 
 def summarize(setting: dict, records: list[dict], metric: str,
               epochs: list[int] | None = None, num_epochs: int | None = None) -> dict:
   """Mean and standard deviation (ddof=1 over seeds; 0 for one seed) of each
-  validation and test metric of the selected records; `epochs` (each run's last
-  epoch) below `num_epochs` make the row unfinished."""
+  validation and test metric of the selected records; `epochs` (the last epoch of
+  each seed's run, 0 for one not started) below `num_epochs` make the row
+  unfinished."""
   row = {"setting": setting, "seeds": len(records), "steps": [r["step"] for r in records],
          "finished": not epochs or min(epochs) >= num_epochs}
   if not row["finished"]:

@@ -57,6 +57,11 @@ def test_a_sweep_runs_each_setting_and_seed_once_and_chooses_on_validation(seed_
   assert [r["finished"] for r in rows] == [True, False] and rows[0]["chosen"]
   assert "learning_rate=0.003 (unfinished: epochs 2/1 of 2)" in (
       tmp_path / "sweep.md").read_text()
+  rows = sweep.sweep(seed_config, str(tmp_path), grid, seeds=3, train=False)
+  assert [r["finished"] for r in rows] == [False, False]  # Seed 2 never started.
+  assert not any(r["chosen"] for r in rows) and rows[0]["seeds"] == 2
+  assert "learning_rate=0.001 (unfinished: epochs 2/2/0 of 2)" in (
+      tmp_path / "sweep.md").read_text()
 
 
 def test_a_sweep_needs_a_validation_metric(seed_config, tmp_path):
