@@ -74,10 +74,9 @@ def sweep(config, workdir: str, grid: dict[str, list], seeds: int,
         setting_config[field] = value
     run_dirs = [os.path.join(workdir, setting_name(setting), f"seed{k}")
                 for k in range(seeds)]
-    pending = [k for k in range(seeds)
-               if not _finished(run_dirs[k], setting_config.num_epochs)]
+    epochs = [_last_epoch(d) for d in run_dirs]  # 0: a seed not started.
+    pending = [k for k in range(seeds) if epochs[k] < setting_config.num_epochs]
     if not train:
-      epochs = [_last_epoch(d) for d in run_dirs]  # 0: a seed not started.
       started = [d for d, epoch in zip(run_dirs, epochs) if epoch]
       if started:
         records = [plots.selected_record(d)[0] for d in started]
@@ -109,10 +108,6 @@ def _last_epoch(run_dir: str) -> int:
   """The last epoch `run_dir` logged (0: none)."""
   done = report_lib.read_metrics(run_dir) if os.path.isdir(run_dir) else []
   return done[-1]["epoch"] if done else 0
-
-
-def _finished(run_dir: str, num_epochs: int) -> bool:
-  return _last_epoch(run_dir) >= num_epochs
 
 
 def summarize(setting: dict, records: list[dict], metric: str,

@@ -200,8 +200,8 @@ def benchmark(cells, reps: int, e2e_reps: int, tolerance: float, max_windows: in
   return results
 
 
-def select_cells(names: str | None, quick: bool) -> list[plan.Cell]:
-  cells = [plan.quick(c) if quick else c for c in plan.CELLS]
+def select_cells(names: str | None, quick: bool, cells=plan.CELLS) -> list[plan.Cell]:
+  cells = [plan.quick(c) if quick else c for c in cells]
   if not names:
     return cells
   wanted = names.split(",")
@@ -270,11 +270,8 @@ def _gpu_main(args) -> int:
   if not torch.cuda.is_available() and not args.quick:
     raise SystemExit("--gpu: PyTorch sees no CUDA GPU here (--quick runs the plumbing "
                      "on the CPU).")
-  cells = [plan.quick(c) for c in gpu.GPU_CELLS] if args.quick else list(gpu.GPU_CELLS)
-  if args.cells:
-    cells = [c for c in cells if c.name in args.cells.split(",")
-             or c.model in args.cells.split(",")]
-  results = gpu.benchmark(cells, args.reps or (1 if args.quick else 3), args.tolerance,
+  results = gpu.benchmark(select_cells(args.cells, args.quick, gpu.GPU_CELLS),
+                          args.reps or (1 if args.quick else 3), args.tolerance,
                           args.max_windows or (2 if args.quick else method.MAX_WINDOWS),
                           args.quick, progress)
   print(render.markdown(results))

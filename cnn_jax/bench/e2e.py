@@ -107,10 +107,6 @@ def run_keras(arrays: str, epochs: int, settings: dict | None) -> dict:
           "test_accuracy": float(accuracy.group(1)) if accuracy else None}
 
 
-def other(keras_row: str) -> str:
-  return "keras_best" if keras_row == "keras_defaults" else "keras_defaults"
-
-
 def run(data_dir: str | None, epochs: int, reps: int, best: dict | None,
         quick: bool = False, log=print) -> dict:
   """Times ours, Keras as shipped and Keras at `best` settings, `reps` times each,
@@ -136,7 +132,8 @@ def run(data_dir: str | None, epochs: int, reps: int, best: dict | None,
   paired = [k["seconds"] / o["seconds"] for o, k in zip(runs["ours"], runs[fastest])]
   return {"dataset": name, "epochs": epochs, "batch_size": BATCH_SIZE, "reps": reps,
           "keras_best_settings": best, **rows, "fastest_keras": fastest,
-          "ratio": min(rows[fastest]["seconds"]["min"], rows[other(fastest)]["seconds"]["min"])
+          "ratio": min(rows[k]["seconds"]["min"] for k in ("keras_defaults",
+                                                           "keras_best"))
                    / rows["ours"]["seconds"]["min"],
           "ratio_median": rows[fastest]["seconds"]["median"]
                           / rows["ours"]["seconds"]["median"],

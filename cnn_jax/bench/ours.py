@@ -135,12 +135,20 @@ def matmul_peak(seconds: float = 1.0) -> dict:
   for library, dot in runs.items():
     for n in (512, 1024, 2048):
       a = np.ones((n, n), np.float32)
-      a = jax.device_put(a) if library == "xla" else a
-      dot(a)
-      calls, t0 = 0, time.perf_counter()
-      while time.perf_counter() - t0 < seconds:
-        dot(a)
-        calls += 1
-      rates[f"{library}_{n}"] = 2 * n**3 * calls / (time.perf_counter() - t0)
+      rates[f"{library}_{n}"] = matmul_rate(
+          dot, jax.device_put(a) if library == "xla" else a, seconds)
   best = max(rates, key=rates.get)
   return {"flops_per_sec": rates[best], "best": best, "rates": rates}
+
+
+def matmul_rate(dot, a, seconds: float) -> float:
+  """FLOP/s of `dot(a)` (a square matrix times itself) repeated for `seconds` after
+  one untimed call; `dot`'s last result is waited for (asynchronous backends)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.block_until_ready(dot(a))
+  calls, t0 = 0, time.perf_counter()
+  while time.perf_counter() - t0 < seconds:
+    out = dot(a)
+    calls += 1
+  jax.block_until_ready(out)
+  return 2 * a.shape[0]**3 * calls / (time.perf_counter() - t0)

@@ -50,15 +50,20 @@ def header(results: dict) -> list[str]:
       f"Run of {results['date']} on {m['cpu']}, {m['cores']} cores"
       f"{', AVX-512' if m.get('avx512') else ''}, Python {m['python']}"
       + (", " + ", ".join(versions) if versions else "") + f"; {results['total_sec'] / 60:.1f} min.",
-      f"Steady state: windows until two in a row agree within {s['tolerance']:.0%} "
-      f"(at most {s['max_windows']} windows or {s['max_seconds']:.0f} s); {s['reps']} "
-      "interleaved repetition(s) per row; "
-      "cells give the median (min-max) over repetitions. The ratio that counts is each "
-      "side's best steady measurement (for Keras, over its repetitions and its tuning "
-      "measurement too): a disturbed repetition of either side cannot move it.",
+      _method(s) + " The ratio that counts is each side's best steady measurement (for "
+      "Keras, over its repetitions and its tuning measurement too): a disturbed "
+      "repetition of either side cannot move it.",
       f"Machine idle check before: {_load(results['idle_before'])}; after: "
       f"{_load(results['idle_after'])}; during the run: {_load(results['load'])}.",
   ]
+
+
+def _method(s: dict) -> str:
+  """The steady-state method of a run's `settings`, in a sentence."""
+  return (f"Steady state: windows until two in a row agree within {s['tolerance']:.0%} "
+          f"(at most {s['max_windows']} windows or {s['max_seconds']:.0f} s); "
+          f"{s['reps']} interleaved repetition(s) per row; cells give the median "
+          "(min-max) over repetitions.")
 
 
 def steady_table(results: dict) -> list[str]:
@@ -105,7 +110,8 @@ def bf16_lines(results: dict) -> list[str]:
   cells = [c for c in results["cells"] if c.get("ours_bfloat16")]
   if not cells:
     return []
-  lines = ["Ours in mixed precision (`--config.dtype=bfloat16`), the same repetitions:", "",
+  lines = ["Ours in mixed precision (`--config.dtype=bfloat16`), the same repetitions:",
+           "",
            "| model, batch | float32 img/s | bfloat16 img/s | bfloat16 / float32 |",
            "|---|---|---|---|"]
   for cell in cells:
@@ -178,10 +184,7 @@ def gpu_markdown(results: dict) -> str:
   lines = [
       f"Run of {results['date']} on {peak['device']} (host {m['cpu']}, {m['cores']} cores)"
       f"{versions}; {results['total_sec'] / 60:.1f} min.",
-      f"Steady state: windows until two in a row agree within {s['tolerance']:.0%} "
-      f"(at most {s['max_windows']} windows or {s['max_seconds']:.0f} s); {s['reps']} "
-      "interleaved repetition(s) per row; cells give the median (min-max) over "
-      "repetitions. Matmul peak through JAX: float32 (default precision) "
+      _method(s) + " Matmul peak through JAX: float32 (default precision) "
       f"{peak['flops_per_sec']['float32'] / 1e12:,.0f} TFLOP/s, bfloat16 "
       f"{peak['flops_per_sec']['bfloat16'] / 1e12:,.0f} TFLOP/s.", ""]
   for cell in results["cells"]:

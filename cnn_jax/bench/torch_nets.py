@@ -43,8 +43,9 @@ def _modules():
     def __init__(self, shape, num_classes):
       super().__init__()
       h, w, c = shape
+      flat = (h - 2) // 2 * ((w - 2) // 2) * 32
       self.layers = (self.add("Conv_0", nn.Conv2d(c, 32, 3)),
-                     self.add("Dense_0", nn.Linear((h - 2) // 2 * ((w - 2) // 2) * 32, 64)),
+                     self.add("Dense_0", nn.Linear(flat, 64)),
                      self.add("Dense_1", nn.Linear(64, num_classes)))
 
     def forward(self, x):
@@ -186,7 +187,8 @@ def same_loss(model: str, image_shape, num_classes: int = 10, batch: int = 32) -
     ours = models.build_model(model, num_classes, **kwargs)
     state = train.create_train_state(ours, jax.random.key(0), shape, optax.adam(1e-3))
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (batch, *shape), dtype=np.uint8).astype(np.float32) / 255
+    images = rng.integers(0, 256, (batch, *shape), dtype=np.uint8)
+    images = images.astype(np.float32) / 255
     labels = rng.integers(0, num_classes, batch).astype(np.int32)
     variables = {"params": state.params}
     if state.batch_stats is not None:
