@@ -62,9 +62,11 @@ multi-process: add --local_processes N (here), or --num_processes N --process_id
 
 def main(argv):
   command, args = (argv[1], argv[2:]) if len(argv) > 1 else (None, [])
+  from cnn_jax import compile_cache  # pylint: disable=g-import-not-at-top
   from cnn_jax import launch  # pylint: disable=g-import-not-at-top
   from cnn_jax import xla_flags  # pylint: disable=g-import-not-at-top
   xla_flags.set_default_flags()  # Before JAX starts a backend (children inherit them).
+  compile_cache.enable()
   if _LOCAL_PROCESSES.value:
     forwarded, skip = [], False
     for a in sys.argv[1:]:

@@ -46,7 +46,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.normalize = False
 
   config.batch_size = 32
-  config.eval_batch_size = 1000
+  # Measured on a 2-core CPU: the tutorial CNN evaluates at about 40,000 img/s in
+  # batches of 250 and 20,000 in batches of 1,000, whose activations (86 MB in the
+  # first layer) no longer fit the CPU's caches. Metrics do not depend on it.
+  config.eval_batch_size = 250
   config.num_epochs = 5
   config.learning_rate = 1e-3
   # Learning rate over the run (cnn_jax/optim.py:SCHEDULES): "constant" (the tutorial)

@@ -26,6 +26,20 @@ def _temp_files_inside_pytest_tmp(tmp_path_factory):
     os.environ["TMPDIR"] = old_env
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _compilation_cache_of_the_session(tmp_path_factory):
+  """The runs the tests start share one compilation cache, in pytest's temporary
+  folder: a program compiled by one is loaded by the next, and nothing is written to
+  the user's own cache (compile_cache.default_dir)."""
+  old = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+  yield
+  if old is None:
+    os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+  else:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
   """A TFDS data_dir with the embedded mnist_5k prepared once for the session."""

@@ -186,6 +186,12 @@ def test_quick_bench_produces_every_row(tmp_path, data_dir):
   for key in ("ours", "keras_defaults", "keras_best"):
     assert job[key]["seconds"]["median"] > 0
     assert job[key]["runs"][0]["test_accuracy"] is not None
+  # Ours once on an empty compilation cache, then the repetitions on what it left:
+  # the same training either way.
+  first = job["ours_first_run"]
+  assert first["test_accuracy"] == job["ours"]["runs"][0]["test_accuracy"]
+  assert job["ratio_first_run"] > 0 and job["eval_batch_size"] == 250
+  assert "compilation cache empty" in render.markdown(results)
   assert results["floor"]["train_flops_per_image"] > 0
   assert {t["name"].split(":")[0] for t in results["targets"]} >= {
       "seed_cnn/32", "seed_cnn/128", "vgg_bn/128"}
