@@ -190,7 +190,7 @@ def test_quick_bench_produces_every_row(tmp_path, data_dir):
   # the same training either way.
   first = job["ours_first_run"]
   assert first["test_accuracy"] == job["ours"]["runs"][0]["test_accuracy"]
-  assert job["ratio_first_run"] > 0 and job["eval_batch_size"] == 250
+  assert job["ratio_first_run"] > 0 and job["eval_batch_size"] == 256
   assert "compilation cache empty" in render.markdown(results)
   assert results["floor"]["train_flops_per_image"] > 0
   assert {t["name"].split(":")[0] for t in results["targets"]} >= {
