@@ -3,6 +3,8 @@ training the same network, and a --quick run producing every row. No timed asser
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -114,6 +116,18 @@ def test_default_xla_flags_do_not_override_the_user():
   env = {"XLA_FLAGS": "--b"}
   xla_flags.set_default_flags(env)
   assert env["XLA_FLAGS"].split()[0] == "--b"
+
+
+def test_experimental_xla_flags_only_on_the_jaxlib_they_were_measured_on():
+  ynn = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+  assert ynn in xla_flags.default_flags("0.10.2")
+  assert xla_flags.default_flags("0.11.2") == xla_flags.DEFAULT_FLAGS  # Unknown there.
+  # XLA accepts every default of the installed jaxlib (it stops on a flag it does not
+  # know): a fresh process with exactly these flags computes.
+  env = {**os.environ, "XLA_FLAGS": " ".join(xla_flags.default_flags())}
+  out = subprocess.run([sys.executable, "-c", "import jax.numpy as jnp; print(jnp.ones(2).sum())"],
+                       env=env, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0 and out.stdout.strip() == "2.0", out.stderr[-2000:]
 
 
 @pytest.mark.slow
