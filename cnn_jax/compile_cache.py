@@ -8,8 +8,8 @@ them instead. JAX keys each entry by the program, its shapes and shardings, the 
 flags, the backend and the JAX version, so a cached program is the one a compilation
 would give.
 
-JAX's own variables win: with JAX_COMPILATION_CACHE_DIR in the environment this
-module uses that directory (set it empty to turn the cache off), and
+The cache is set through JAX's own environment variables, and a value already there
+wins: JAX_COMPILATION_CACHE_DIR names the directory (empty turns the cache off), and
 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS replaces the default below. The cache has
 no size limit (JAX's limit needs the `filelock` package); entries are tens of KB to
 a few MB, and deleting the directory empties it.
@@ -24,6 +24,7 @@ import os
 import platform
 
 DIR_ENV = "JAX_COMPILATION_CACHE_DIR"
+MIN_SECS_ENV = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
 # JAX's default caches programs that took a second or more to compile: ours mostly
 # take 0.01-0.7 s each, so every program is kept.
 MIN_COMPILE_SECS = 0.0
@@ -48,16 +49,14 @@ def default_dir(environ=None) -> str:
   return os.path.join(base, "cnn_jax", "jax", host_tag())
 
 
-def enable(environ=None) -> str | None:
-  """Turns the cache on (before the first compilation); the directory in use, or
-  None where the environment turned it off."""
+def set_default_env(environ=None) -> str | None:
+  """Sets JAX's cache variables in `environ` (default `os.environ`) where unset, as
+  `xla_flags.set_default_flags` does XLA's: before JAX is imported, which reads them
+  then (child processes inherit them). The directory in use, or None where the
+  environment turned the cache off."""
   environ = os.environ if environ is None else environ
-  import jax  # pylint: disable=g-import-not-at-top
-  path = environ[DIR_ENV] if DIR_ENV in environ else default_dir(environ)
+  path = environ.setdefault(DIR_ENV, default_dir(environ))
   if not path:
-    jax.config.update("jax_enable_compilation_cache", False)
     return None
-  jax.config.update("jax_compilation_cache_dir", path)
-  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in environ:
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECS)
+  environ.setdefault(MIN_SECS_ENV, str(MIN_COMPILE_SECS))
   return path

@@ -66,7 +66,7 @@ def main(argv):
   from cnn_jax import launch  # pylint: disable=g-import-not-at-top
   from cnn_jax import xla_flags  # pylint: disable=g-import-not-at-top
   xla_flags.set_default_flags()  # Before JAX starts a backend (children inherit them).
-  compile_cache.enable()
+  compile_cache.set_default_env()  # Before JAX is imported (children inherit it too).
   if _LOCAL_PROCESSES.value:
     forwarded, skip = [], False
     for a in sys.argv[1:]:

@@ -5,24 +5,11 @@ import os
 import subprocess
 import sys
 
-import jax
-import pytest
-
 from cnn_jax import compile_cache, report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The values that differ from run to run (wall-clock rates and times).
 TIMINGS = ("images_per_sec", "eval_images_per_sec", "epoch_time_sec", "data_wait_sec")
-
-
-@pytest.fixture
-def restore_jax_config():
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_enable_compilation_cache")
-  saved = {n: getattr(jax.config, n) for n in names}
-  yield
-  for n, v in saved.items():
-    jax.config.update(n, v)
 
 
 def _cpuinfo(tmp_path, name, flags, cores=2):
@@ -40,20 +27,21 @@ def test_one_cache_folder_per_kind_of_cpu(tmp_path):
       "/x", "cnn_jax", "jax", compile_cache.host_tag())
 
 
-def test_the_environment_chooses_first(tmp_path, restore_jax_config):
+def test_the_environment_chooses_first(tmp_path):
   mine = str(tmp_path / "mine")
-  assert compile_cache.enable({"JAX_COMPILATION_CACHE_DIR": mine}) == mine
-  assert jax.config.jax_compilation_cache_dir == mine
-  assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)  # As JAX read it.
-  compile_cache.enable({"JAX_COMPILATION_CACHE_DIR": mine,
-                        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "2"})
-  assert jax.config.jax_persistent_cache_min_compile_time_secs == 2.0  # Left to JAX.
-  assert compile_cache.enable({"JAX_COMPILATION_CACHE_DIR": ""}) is None
-  assert not jax.config.jax_enable_compilation_cache
-  default = compile_cache.enable({"XDG_CACHE_HOME": str(tmp_path)})
-  assert default == compile_cache.default_dir({"XDG_CACHE_HOME": str(tmp_path)})
-  assert jax.config.jax_compilation_cache_dir == default
+  env = {"JAX_COMPILATION_CACHE_DIR": mine}
+  assert compile_cache.set_default_env(env) == mine
+  assert env == {"JAX_COMPILATION_CACHE_DIR": mine,
+                 "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.0"}
+  env = {"JAX_COMPILATION_CACHE_DIR": mine, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "2"}
+  compile_cache.set_default_env(env)
+  assert env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "2"
+  env = {"JAX_COMPILATION_CACHE_DIR": ""}
+  assert compile_cache.set_default_env(env) is None
+  assert env == {"JAX_COMPILATION_CACHE_DIR": ""}  # Off: JAX builds no cache.
+  env = {"XDG_CACHE_HOME": str(tmp_path)}
+  assert compile_cache.set_default_env(env) == compile_cache.default_dir(env)
+  assert env["JAX_COMPILATION_CACHE_DIR"] == compile_cache.default_dir(env)
 
 
 def test_second_run_loads_every_program_and_trains_the_same(tmp_path, data_dir):

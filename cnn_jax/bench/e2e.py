@@ -88,13 +88,14 @@ def eval_batch_size() -> int:
   return seed_cnn.get_config().eval_batch_size
 
 
-def run_ours(name: str, data_dir: str | None, epochs: int, cache_dir: str) -> dict:
+def run_ours(name: str, data_dir: str | None, epochs: int, eval_batch: int,
+             cache_dir: str) -> dict:
   with tempfile.TemporaryDirectory(prefix="cnn_jax_bench_") as workdir:
     seconds, started, out = _timed(
         [sys.executable, "-m", "cnn_jax.main", "train", "--config",
          os.path.join(workers.ROOT, "experiments", "seed_cnn.py"), "--workdir", workdir, f"--config.dataset={name}",
          f"--config.num_epochs={epochs}", f"--config.batch_size={BATCH_SIZE}",
-         f"--config.eval_batch_size={eval_batch_size()}",
+         f"--config.eval_batch_size={eval_batch}",
          *([f"--config.data_dir={data_dir}"] if data_dir else [])],
         "data loaded in", {"JAX_COMPILATION_CACHE_DIR": cache_dir})
   accuracy = re.search(r"final test accuracy: ([0-9.]+)", out)
@@ -104,14 +105,14 @@ def run_ours(name: str, data_dir: str | None, epochs: int, cache_dir: str) -> di
           "data_load_sec": float(loaded.group(1)) if loaded else None}
 
 
-def run_keras(arrays: str, epochs: int, settings: dict | None) -> dict:
+def run_keras(arrays: str, epochs: int, eval_batch: int, settings: dict | None) -> dict:
   """The tutorial script, as shipped (`settings` None) or with `settings`."""
   args = [sys.executable, "-m", "cnn_jax.bench.keras_e2e", "--data", arrays,
           "--epochs", str(epochs)]
   if settings:
     args += ["--float32", "--steps-per-execution", str(settings["steps_per_execution"]),
              "--jit-compile", str(settings["jit_compile"]),
-             "--validation-batch-size", str(eval_batch_size())]
+             "--validation-batch-size", str(eval_batch)]
   seconds, started, out = _timed(args, EVENT + "fit")
   accuracy = re.search(EVENT + r"final test accuracy ([0-9.]+)", out)
   return {"seconds": seconds, "startup_sec": started,
@@ -124,19 +125,19 @@ def run(data_dir: str | None, epochs: int, reps: int, best: dict | None,
   Keras at `best` settings, `reps` times each, interleaved; the ratio that counts is
   the fastest Keras job's seconds over ours' fastest (each side's best, as the cells
   compare), the medians' ratio beside it, and the first run's ratio too."""
-  name = dataset(data_dir, quick)
+  name, eval_batch = dataset(data_dir, quick), eval_batch_size()
   best = best or DEFAULT_BEST
   snap = method.LoadSnapshot.take()
   runs = {"ours": [], "keras_defaults": [], "keras_best": []}
   with tempfile.TemporaryDirectory(prefix="cnn_jax_bench_") as tmp:
     arrays, cache = os.path.join(tmp, f"{name}.npz"), os.path.join(tmp, "jax_cache")
     export_arrays(name, data_dir, arrays)
-    first = run_ours(name, data_dir, epochs, cache)
+    first = run_ours(name, data_dir, epochs, eval_batch, cache)
     log(f"  end to end, ours on an empty compilation cache: {first['seconds']:.1f} s")
     for rep in range(reps):
-      runs["ours"].append(run_ours(name, data_dir, epochs, cache))
-      runs["keras_defaults"].append(run_keras(arrays, epochs, None))
-      runs["keras_best"].append(run_keras(arrays, epochs, best))
+      runs["ours"].append(run_ours(name, data_dir, epochs, eval_batch, cache))
+      runs["keras_defaults"].append(run_keras(arrays, epochs, eval_batch, None))
+      runs["keras_best"].append(run_keras(arrays, epochs, eval_batch, best))
       log(f"  end to end rep {rep + 1}/{reps}: " + ", ".join(
           f"{k} {v[-1]['seconds']:.1f} s" for k, v in runs.items()))
   rows = {k: {"seconds": method.spread([r["seconds"] for r in v]), "runs": v}
@@ -146,7 +147,7 @@ def run(data_dir: str | None, epochs: int, reps: int, best: dict | None,
   paired = [k["seconds"] / o["seconds"] for o, k in zip(runs["ours"], runs[fastest])]
   keras_min = min(rows[k]["seconds"]["min"] for k in ("keras_defaults", "keras_best"))
   return {"dataset": name, "epochs": epochs, "batch_size": BATCH_SIZE, "reps": reps,
-          "eval_batch_size": eval_batch_size(), "keras_best_settings": best, **rows,
+          "eval_batch_size": eval_batch, "keras_best_settings": best, **rows,
           "ours_first_run": first, "ratio_first_run": keras_min / first["seconds"],
           "fastest_keras": fastest,
           "ratio": keras_min / rows["ours"]["seconds"]["min"],
