@@ -3,8 +3,10 @@
 Thin on purpose: parse flags, then call the library.
 """
 
+import atexit
 import os
 import sys
+import threading
 
 from absl import app
 from absl import flags
@@ -175,7 +177,29 @@ def parse_flags(argv):
 
 
 def entry():
-  app.run(main, flags_parser=parse_flags)
+  try:
+    app.run(main, flags_parser=parse_flags)
+  except SystemExit as e:  # Every end but a bug's, whose traceback Python prints.
+    _finish(e.code)
+
+
+def _finish(code) -> None:
+  """Ends the process as `sys.exit(code)` would, less the interpreter's teardown.
+
+  What Python runs at exit is run here (other threads joined, atexit handlers: JAX's,
+  logging's), then the process ends without tearing its modules and XLA's runtime
+  down one object at a time, which took 0.3-0.4 s after every command.
+  """
+  if code is not None and not isinstance(code, int):
+    print(code, file=sys.stderr)
+    code = 1
+  for thread in threading.enumerate():
+    if thread is not threading.current_thread() and not thread.daemon:
+      thread.join()
+  atexit._run_exitfuncs()  # pylint: disable=protected-access
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code or 0)  # pylint: disable=protected-access
 
 
 if __name__ == "__main__":

@@ -364,12 +364,31 @@ def train_runs(exp: Experiment, runs: list[Run], state, epoch_sums,
       r.ckpts.wait()
     return preemption.Preempted(step, stop.signum)
 
+  def check_chunk(sums, epoch: int, first: int, last: int):
+    """Reads a dispatch's metric sums: divergence check and TensorBoard scalars."""
+    sums = jax.tree.map(metrics_lib.host_value, sums)
+    learning_rate = float(exp.schedule(last))
+    for k, r in enumerate(runs):
+      chunk_metrics = metrics_lib.summarize(part(sums, k), "train")
+      try:
+        check_divergence(chunk_metrics["train_loss"], info.num_classes,
+                         config.divergence_factor, epoch, first, last,
+                         r.ckpts.latest_step())
+      except errors.DivergenceError as e:
+        if not stacked:
+          raise
+        raise errors.DivergenceError(f"{r.workdir}: {e}") from None
+      r.reporter.scalars(last, {**chunk_metrics, "learning_rate": learning_rate})
+
   if preemption.agreed(stop):  # During start-up: nothing new to save.
     raise preemption.Preempted(step, stop.signum, saved=False)
   while step < total_steps:
     epoch, pos = divmod(step, steps_per_epoch)
     batches = [r.data.train_epoch(epoch, pos) for r in runs]
     first_pos, t0 = pos, time.perf_counter()
+    # Each dispatch's sums are read after the next one is queued, so the device never
+    # waits for the host's checks; every check is done before anything is saved.
+    unchecked = None
     with lead.progress(steps_per_epoch, pos, epoch + 1) as bar:
       while pos < steps_per_epoch:
         end = chunk_end(step, pos, steps_per_epoch, chunk, every)
@@ -377,28 +396,21 @@ def train_runs(exp: Experiment, runs: list[Run], state, epoch_sums,
         index = np.stack([i.index for i in inputs]) if stacked else inputs[0].index
         state, sums = exp.train_chunk(state, inputs[0].arrays, index)
         epoch_sums = train_lib.add_metrics(epoch_sums, sums)
-        sums = jax.tree.map(metrics_lib.host_value, sums)
-        learning_rate = float(exp.schedule(step + end - pos))
-        for k, r in enumerate(runs):
-          chunk_metrics = metrics_lib.summarize(part(sums, k), "train")
-          try:
-            check_divergence(chunk_metrics["train_loss"], info.num_classes,
-                             config.divergence_factor, epoch, step, step + end - pos,
-                             r.ckpts.latest_step())
-          except errors.DivergenceError as e:
-            if not stacked:
-              raise
-            raise errors.DivergenceError(f"{r.workdir}: {e}") from None
-          r.reporter.scalars(step + end - pos,
-                             {**chunk_metrics, "learning_rate": learning_rate})
+        if unchecked:
+          check_chunk(*unchecked)
+        unchecked = (sums, epoch, step, step + end - pos)
         step += end - pos
         bar.update(end - pos)
         pos = end
         stopping = preemption.agreed(stop)
         if pos < steps_per_epoch and (stopping or (every and step % every == 0)):
+          check_chunk(*unchecked)
+          unchecked = None
           save()
           if stopping:
             raise preempted()
+      if unchecked:
+        check_chunk(*unchecked)
     train_time = time.perf_counter() - t0
     evals = []
     for k, r in enumerate(runs):

@@ -116,3 +116,26 @@ def test_run_sh_reads_paths_from_the_callers_folder(tmp_path):
                         "--workdir", "w"], cwd=tmp_path, capture_output=True, text=True,
                        timeout=300)
   assert "read" in out.stderr  # The user's ./mine.py was loaded, not the repo's.
+
+
+_FINISH = """
+import atexit, sys, threading, time
+from cnn_jax import main
+atexit.register(lambda: print("atexit ran", flush=True))
+threading.Thread(target=lambda: (time.sleep(0.3), print("thread done", flush=True))).start()
+print("buffered", end="")
+code = sys.argv[1]
+main._finish(None if code == "none" else int(code) if code.isdigit() else code)
+"""
+
+
+@pytest.mark.parametrize("code, status, stderr", [
+    ("none", 0, ""), ("0", 0, ""), ("3", 3, ""), ("no such file", 1, "no such file\n")])
+def test_the_command_ends_as_sys_exit_would_less_the_teardown(code, status, stderr):
+  """`main._finish`: other threads joined, atexit handlers run, output flushed, the
+  status of sys.exit(code)."""
+  out = subprocess.run([sys.executable, "-c", _FINISH, code], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+  assert out.returncode == status
+  assert out.stdout == "bufferedthread done\natexit ran\n"
+  assert out.stderr == stderr

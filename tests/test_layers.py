@@ -233,3 +233,21 @@ def test_max_pool_gradient_in_a_jitted_network_matches_reference():
 
   jax.tree.map(lambda a, b: _close(a, b, 1e-5, 1e-6),
                grads(layers.max_pool_2x2), grads(layers.max_pool_2x2_reference))
+
+
+def test_one_input_channel_is_multiply_add_when_differentiated_convolution_otherwise():
+  """Training's forward pass with one input channel is a multiply-add over the taps
+  (fused by XLA with the activation and pooling); evaluation's is XLA's convolution.
+  Both give the reference's values."""
+  x = jax.random.uniform(jax.random.key(0), (8, 28, 28, 1))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 1, 32))
+  conv = lambda x, w: layers.conv_shifted(x, w, ((0, 0), (0, 0)))
+  evaluated = jax.jit(conv).lower(x, w).as_text()
+  assert evaluated.count("stablehlo.convolution") == 1
+  trained = jax.jit(jax.value_and_grad(lambda w: jnp.sum(conv(x, w) ** 2))).lower(w)
+  assert "convolution" not in trained.as_text()
+  reference = layers._conv_valid_reference(x, w, None)
+  np.testing.assert_allclose(jax.jit(conv)(x, w), reference, rtol=1e-5, atol=1e-6)
+  primal, tangent = jax.jvp(conv, (x, w), (jnp.zeros_like(x), jnp.ones_like(w)))
+  np.testing.assert_allclose(primal, reference, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(tangent, conv(x, jnp.ones_like(w)), rtol=1e-5, atol=1e-4)

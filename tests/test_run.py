@@ -118,3 +118,39 @@ def test_training_and_eval_need_no_tensorflow(data_dir, tmp_path):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
   assert "checkpoint step 112: validation accuracy 0.9" in out.stdout
   assert "; test accuracy 0.9" in out.stdout
+
+
+def test_each_dispatch_is_checked_after_the_next_is_queued_and_before_a_save(
+    seed_config, tmp_path, monkeypatch):
+  """The device never waits for the host's divergence check, and nothing unchecked is
+  saved: 40 steps in dispatches of 5, a checkpoint every 15 steps."""
+  seed_config.train_split, seed_config.steps_per_dispatch = "train[:1280]", 5
+  seed_config.checkpoint_every_steps = 15
+  events = []
+  build = run.build_experiment
+
+  def traced_build(config):
+    exp = build(config)
+    train_chunk = exp.train_chunk
+
+    def chunk(state, arrays, index):
+      events.append(("dispatch", int(state.step)))
+      return train_chunk(state, arrays, index)
+    exp.train_chunk = chunk
+    return exp
+
+  check = run.check_divergence
+  monkeypatch.setattr(run, "build_experiment", traced_build)
+  monkeypatch.setattr(run, "check_divergence", lambda loss, n, f, e, first, last, s: (
+      events.append(("check", first, last)), check(loss, n, f, e, first, last, s))[1])
+  save = checkpoint.Checkpoints.save
+  monkeypatch.setattr(checkpoint.Checkpoints, "save", lambda self, step, *a, **k: (
+      events.append(("save", step)), save(self, step, *a, **k))[1])
+  run.train_and_evaluate(seed_config, str(tmp_path / "run"))
+  assert events == [
+      ("dispatch", 0), ("dispatch", 5), ("check", 0, 5), ("dispatch", 10),
+      ("check", 5, 10), ("check", 10, 15), ("save", 15),
+      ("dispatch", 15), ("dispatch", 20), ("check", 15, 20), ("dispatch", 25),
+      ("check", 20, 25), ("check", 25, 30), ("save", 30),
+      ("dispatch", 30), ("dispatch", 35), ("check", 30, 35), ("check", 35, 40),
+      ("save", 40)]

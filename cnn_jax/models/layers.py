@@ -111,8 +111,11 @@ def _conv_valid_reference(x, w, precision):
 
 
 def _conv_shifted_forward(x, w, precision):
+  """The convolution as training computes it: with one input channel a broadcast
+  multiply-add over the taps, which XLA fuses with the activation and pooling that
+  follow and with their gradients."""
   kh, kw, cin, _ = w.shape
-  if cin == 1:  # A broadcast multiply-add that XLA fuses with what follows.
+  if cin == 1:
     taps = w.reshape(kh * kw, -1)
     return sum(win * taps[k] for k, win in enumerate(_shifted_windows(x, kh, kw)))
   return _conv_valid_reference(x, w, precision)
@@ -120,7 +123,10 @@ def _conv_shifted_forward(x, w, precision):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _conv_shifted(x, w, precision):
-  return _conv_shifted_forward(x, w, precision)
+  # Not differentiated (evaluation, prediction): XLA's own convolution. With one
+  # input channel the multiply-add above, fused by YNNPACK with the whole forward
+  # pass, evaluated the tutorial CNN at 46,000 img/s, this at 76,000 (batch 256).
+  return _conv_valid_reference(x, w, precision)
 
 
 # XLA:CPU computes both gradients of its native convolution as convolutions with
@@ -170,7 +176,7 @@ def _conv_kernel_tangent(x, tw, precision):
 
 def _conv_shifted_jvp(precision, primals, tangents):
   (x, w), (tx, tw) = primals, tangents
-  y = _conv_shifted(x, w, precision)
+  y = _conv_shifted_forward(x, w, precision)
   # Symbolic zeros: the input of the first layer (the data) has no tangent, and its
   # term must cost nothing, not a convolution of zeros.
   terms = []
