@@ -205,13 +205,27 @@ def test_quick_bench_produces_every_row(tmp_path, data_dir):
   first = job["ours_first_run"]
   assert first["test_accuracy"] == job["ours"]["runs"][0]["test_accuracy"]
   assert job["ratio_first_run"] > 0 and job["eval_batch_size"] == 256
+  run = job["ours"]["runs"][0]  # One epoch: its training and evaluation speed.
+  assert len(run["train_images_per_sec"]) == len(run["eval_images_per_sec"]) == 1
+  assert min(run["train_images_per_sec"] + run["eval_images_per_sec"]) > 0
   assert "compilation cache empty" in render.markdown(results)
   assert results["floor"]["train_flops_per_image"] > 0
   assert {t["name"].split(":")[0] for t in results["targets"]} >= {
       "seed_cnn/32", "seed_cnn/128", "vgg_bn/128"}
+  assert all(t["floor"]["needed"] > 0 for t in results["targets"] if "floor" in t)
+  assert "of this cell's compute floor" in render.markdown(results)
   # The docs' tables are rendered from the JSON alone, the same text as printed.
   assert render.markdown(results).count("\n| ") >= 2 * len(plan.CELLS) + 3
   assert cli.main(["--markdown", str(out)]) == 0
+
+
+def test_a_target_is_stated_as_the_share_of_the_compute_floor_it_needs():
+  cell = {"target": 2.0, "keras_best": 10_000.0,
+          "ours": {"best": 15_000.0, "train_flops_per_image": 4e6}}
+  floor = cli.cell_floor(cell, peak=2e11)  # 200 GFLOP/s: 50,000 img/s.
+  assert floor == {"images_per_sec": 50_000.0, "needed": 0.4, "ours": 0.3,
+                   "keras": 0.2}
+  assert cli.cell_floor(cell, peak=None) is None
 
 
 def test_best_rate_is_the_best_steady_measurement():

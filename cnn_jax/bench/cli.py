@@ -100,11 +100,13 @@ def run_cell(cell: plan.Cell, reps: int, tolerance: float, max_windows: int,
 def targets(results: dict) -> list[dict]:
   """The issue's targets, each with the value measured and whether it holds."""
   out = []
+  peak = results.get("matmul_peak", {}).get("flops_per_sec")
   for cell in results["cells"]:
     if cell["target"]:
       out.append({"name": f"{cell['name']}: ours / fastest Keras", "target": cell["target"],
                   "value": cell["ratio"], "spread": cell["ratio_paired"],
-                  "pass": cell["ratio"] >= cell["target"]})
+                  "pass": cell["ratio"] >= cell["target"],
+                  "floor": cell_floor(cell, peak)})
   job = results.get("end_to_end")
   if job:
     out.append({"name": f"end to end ({job['epochs']} epochs, {job['dataset']}): "
@@ -123,6 +125,18 @@ def targets(results: dict) -> list[dict]:
               "note": "measured by `./run.sh bench --gpu` on a GPU machine (its own "
               "JSON; the published run: docs/bench_gpu_latest.json)"})
   return out
+
+
+def cell_floor(cell: dict, peak: float | None) -> dict | None:
+  """What a cell's target asks of the CPU: the images/s it needs, ours and fastest
+  Keras's, each as a share of the cell's compute floor (the matmul peak over our
+  training FLOPs per image; both sides train the same network)."""
+  flops = cell["ours"].get("train_flops_per_image")
+  if not peak or not flops:
+    return None
+  floor = peak / flops
+  return {"images_per_sec": floor, "needed": cell["target"] * cell["keras_best"] / floor,
+          "ours": cell["ours"]["best"] / floor, "keras": cell["keras_best"] / floor}
 
 
 def compute_floor(results: dict) -> dict | None:

@@ -100,9 +100,14 @@ def run_ours(name: str, data_dir: str | None, epochs: int, eval_batch: int,
         "data loaded in", {"JAX_COMPILATION_CACHE_DIR": cache_dir})
   accuracy = re.search(r"final test accuracy: ([0-9.]+)", out)
   loaded = re.search(r"data loaded in ([0-9.]+) s", out)
+  rates = [(float(t.replace(",", "")), float(e.replace(",", ""))) for t, e in
+           re.findall(r"([0-9,]+) img/s  eval ([0-9,]+) img/s", out)]
   return {"seconds": seconds, "startup_sec": started,
           "test_accuracy": float(accuracy.group(1)) if accuracy else None,
-          "data_load_sec": float(loaded.group(1)) if loaded else None}
+          "data_load_sec": float(loaded.group(1)) if loaded else None,
+          # Each epoch's, as its line says: training, then evaluation.
+          "train_images_per_sec": [t for t, _ in rates],
+          "eval_images_per_sec": [e for _, e in rates]}
 
 
 def run_keras(arrays: str, epochs: int, eval_batch: int, settings: dict | None) -> dict:

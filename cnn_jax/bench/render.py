@@ -148,6 +148,13 @@ def e2e_table(job: dict) -> list[str]:
     runs = job[key]["runs"]
     lines.append(f"| {name} | {_cell(job[key]['seconds'], lambda v: f'{v:.1f}')} "
                  f"| {start(runs)} | {acc(runs)} |")
+  later = lambda k: [v for r in job["ours"]["runs"] for v in r.get(k, [])[1:]]
+  if later("eval_images_per_sec"):  # Runs before it was recorded lack it.
+    lines += ["", "Ours, the epochs after the first of each job: training "
+              f"{min(later('train_images_per_sec')):,.0f}-"
+              f"{max(later('train_images_per_sec')):,.0f} img/s, evaluation "
+              f"{min(later('eval_images_per_sec')):,.0f}-"
+              f"{max(later('eval_images_per_sec')):,.0f} img/s (each epoch's line)."]
   fastest = "Keras as shipped" if job["fastest_keras"] == "keras_defaults" else "Keras best"
   lines += ["", f"Fastest Keras / ours, best job of each: **{_ratio(job['ratio'])}**; "
             f"medians' ratio against {fastest}: {_ratio(job['ratio_median'])} "
@@ -165,9 +172,14 @@ def targets_list(results: dict) -> list[str]:
     elif t["target"] is None:
       lines.append(f"- {t['name']}: {t['value']:.0%}")
     else:
+      floor = t.get("floor")
       lines.append(f"- {t['name']}: {_ratio(t['value'])} ({_paired(t['spread'])}), "
                    f"target >= {t['target']}x: "
-                   f"**{'pass' if t['pass'] else 'FAIL'}**")
+                   f"**{'pass' if t['pass'] else 'FAIL'}**" + (
+                       f"; the target needs {floor['needed']:.0%} of this cell's "
+                       f"compute floor ({floor['images_per_sec']:,.0f} img/s), where "
+                       f"ours reaches {floor['ours']:.0%} and fastest Keras "
+                       f"{floor['keras']:.0%}" if floor else ""))
   floor = results.get("floor")
   if floor:
     lines.append(
