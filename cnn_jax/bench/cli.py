@@ -76,7 +76,7 @@ def run_cell(cell: plan.Cell, reps: int, tolerance: float, max_windows: int,
     ours_info, keras_info = ours.info, peer.info
   rows = [{"name": t["name"], "config": t["config"], **method.summarize_reps(r),
            "best": method.best_rate(r + [t])} for t, r in zip(chosen, keras_reps)]
-  best = max(rows, key=lambda r: r["images_per_sec"]["median"])
+  best = fastest_row(rows)
   ours_row = method.summarize_reps(ours_reps)
   ours_row["best"] = method.best_rate(ours_reps)
   paired = [o["images_per_sec"] / k["images_per_sec"]
@@ -95,6 +95,13 @@ def run_cell(cell: plan.Cell, reps: int, tolerance: float, max_windows: int,
           "ratio_paired": method.spread(paired),
           "ours_bfloat16": method.summarize_reps(bf16_reps) if bf16_reps else None,
           "load": method.load_between(snap, method.LoadSnapshot.take())}
+
+
+def fastest_row(rows: list[dict]) -> dict:
+  """The Keras setting that counts as its fastest, named in the table and run end to
+  end as "Keras best": the one with the best steady measurement, as the ratio counts
+  it. By median, a disturbed repetition could hand the title to a slower setting."""
+  return max(rows, key=lambda r: r["best"])
 
 
 def targets(results: dict) -> list[dict]:
