@@ -17,14 +17,16 @@ Method (issue 14):
   then measured again with ours, interleaved (ours, Keras, ours, Keras, ...) for
   several repetitions. Cells give the median and min-max over repetitions; the ratio
   that counts is ours against the fastest Keras setting, each side's best steady
-  measurement (method.best_rate), the medians' ratio beside it. Ours in bfloat16 is
+  measurement (method.best_rate), the medians' ratio beside it; the fastest setting
+  is the one with that best measurement (cli.fastest_row). Ours in bfloat16 is
   timed in the same repetitions where a cell asks (plan.Cell.bf16).
 - Each framework runs in its own worker process, set up once per cell (workers.py).
 - End to end (e2e.py): the 5-epoch tutorial job, ours against the Keras tutorial
   script as shipped and at its best, each a fresh process, interleaved.
 - The machine's load is recorded before, during and after; a busy machine is named in
   the output's warnings. The CPU compute floor of the tutorial CNN is computed from a
-  measured matmul peak and the training FLOPs per image.
+  measured matmul peak and the training FLOPs per image; each cell's target is also
+  given as the share of its own floor that it needs (cli.cell_floor).
 
   ./run.sh bench [--quick] [--cells seed_cnn/32,vgg_bn] [--data-dir DIR]
       [--out docs/bench_latest.json]
