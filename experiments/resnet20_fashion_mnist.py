@@ -11,10 +11,9 @@ the card): at 30 epochs, `./run.sh sweep --sweep label_smoothing=0.0,0.1` chose 
 validation (0.9542), test 0.9440; at 50 epochs (the recipe here, chosen over 30 by
 validation) the run logged validation 0.9548 and test 0.9459 at epoch 50 (0.9545 /
 0.9453 at 49); its whole record did not come back from that machine. On the 2-core CPU
-(2026-11-27, trained in four runs, each resuming from the last checkpoint, 1.9 h
-of epochs) the
-50-epoch run selected step 20,208 (epoch 48) on validation: validation 0.9528, test
-0.9452, at or above the target.
+(2026-11-27, trained in four runs, each resuming from the last checkpoint, 1.9 h of
+epochs) the 50-epoch run selected step 20,208 (epoch 48) on validation: validation
+0.9528, test 0.9452, at or above the target.
 Offline, prepare Fashion-MNIST once (Debian: apt-get install dataset-fashion-mnist):
 
   ./run.sh prepare fashion_mnist --from /usr/share/datasets/fashion-mnist
