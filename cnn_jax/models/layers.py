@@ -125,7 +125,8 @@ def _conv_shifted_forward(x, w, precision):
 def _conv_shifted(x, w, precision):
   # Not differentiated (evaluation, prediction): XLA's own convolution. With one
   # input channel the multiply-add above, fused by YNNPACK with the whole forward
-  # pass, evaluated the tutorial CNN at 46,000 img/s, this at 76,000 (batch 256).
+  # pass, held the runner's evaluation of the tutorial CNN to about 41,000 img/s;
+  # this gives 63,000-66,000 (batch 256; docs/performance.md, "Evaluation").
   return _conv_valid_reference(x, w, precision)
 
 
