@@ -118,9 +118,10 @@ def test_vgg_steps_in_a_loop_keep_only_plain_convolutions():
   batches = {"image": jnp.zeros((2, 8, 28, 28, 1)), "label": jnp.zeros((2, 8), jnp.int32)}
   hlo = _cpu_hlo(lambda s, b: jax.lax.scan(train.train_step, s, b), state, batches)
   convolutions = [line for line in hlo.splitlines() if " convolution(" in line]
-  # Forward pass and input gradient of the three convolutions after the first (on
-  # one channel, that one is elementwise, and its input needs no gradient).
-  assert len(convolutions) == 6, convolutions
+  # Forward pass, input and kernel gradients of the three convolutions after the
+  # first (on one channel, that one is elementwise, its input needs no gradient and
+  # its kernel gradient is one matmul).
+  assert len(convolutions) == 9, convolutions
   for line in convolutions:
     assert "dim_labels=b01f_01io->b01f" in line, line
   assert "select-and-scatter" not in hlo
@@ -134,8 +135,8 @@ def test_resnet_steps_in_a_loop_keep_only_plain_convolutions():
   batches = {"image": jnp.zeros((2, 4, 28, 28, 1)), "label": jnp.zeros((2, 4), jnp.int32)}
   hlo = _cpu_hlo(lambda s, b: jax.lax.scan(train.train_step, s, b), state, batches)
   convolutions = [line for line in hlo.splitlines() if " convolution(" in line]
-  # Forward and input gradient of the 18 convolutions after the one-channel stem.
-  assert len(convolutions) == 36, convolutions
+  # Forward, input and kernel gradients of the 18 convolutions after the stem.
+  assert len(convolutions) == 54, convolutions
   for line in convolutions:
     assert "dim_labels=b01f_01io->b01f" in line, line
 

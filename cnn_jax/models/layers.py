@@ -149,30 +149,41 @@ def _conv_input_tangent(tx, w, precision):
                                   dimension_numbers=("NHWC", "HWOI", "NHWC"))
 
 
-def _conv_kernel_tangent(x, tw, precision):
-  """conv(x, tw) as matmuls of the shifted windows of `x` against the taps of `tw`.
+# The kernel tangent's convolution, with the batch and feature dimensions of its input
+# swapped (the input transposed to [Cin, H, W, N]) and its output laid out [H, W, N, Cout].
+_KERNEL_TANGENT_DIMS = lax.ConvDimensionNumbers(
+    lhs_spec=(3, 0, 1, 2), rhs_spec=(3, 0, 1, 2), out_spec=(2, 3, 0, 1))
 
-  Its transpose (the kernel gradient) is matmuls of the windows against the output
-  gradient. Reverse mode puts the cotangent first in every transposed matmul; the
-  layouts here are the ones, found by measuring, for which XLA:CPU then neither
-  copies the windows nor the output gradient more than once per layer.
+
+def _conv_kernel_tangent(x, tw, precision):
+  """conv(x, tw), written for its transpose, the kernel gradient.
+
+  With few patch features, one matmul of the stacked shifted windows of `x` against
+  the taps of `tw`. Otherwise a convolution whose dimension numbers are chosen so that
+  JAX's transpose of it (with respect to the kernel) is a plain NHWC x HWIO convolution:
+  the input transposed to [Cin, H, W, N] (Cin as batch, N as features) against the
+  output gradient as a [H, W, N, Cout] kernel, giving [Cin, KH, KW, Cout]. XLA's
+  convolution contracts over N x H x W without copying the windows; one matmul per
+  tap, measured inside `lax.scan`, was 1.3-2.9x slower on the zoo's layer shapes
+  (docs/performance.md, "Convolutions inside lax.scan"). Forward mode computes the
+  tangent itself with those unusual dimension numbers: right, but slow inside loops.
   """
   kh, kw, cin, cout = tw.shape
-  windows = _shifted_windows(x, kh, kw)
-  n, ho, wo, _ = windows[0].shape
   if kh * kw * cin <= MAX_IM2COL_FEATURES:
     # One 2-D matmul over all taps: XLA swaps its transposed operands back into
     # windows x gradient, so with one input channel nothing is copied.
+    windows = _shifted_windows(x, kh, kw)
+    n, ho, wo, _ = windows[0].shape
     patches = jnp.stack(windows).reshape(kh * kw, n * ho * wo, cin)
     patches = patches.swapaxes(1, 2).reshape(kh * kw * cin, n * ho * wo)
     out = lax.dot_general(patches, tw.reshape(kh * kw * cin, cout),
                           (((0,), (0,)), ((), ())), precision=precision)
     return out.reshape(n, ho, wo, cout)
-  # One matmul per tap (no kh * kw copies of the input held at once), against the
-  # tap as [cout, cin], the layout the transposed matmul produces.
-  taps = tw.reshape(kh * kw, cin, cout).swapaxes(1, 2)
-  return sum(lax.dot_general(win, taps[k], (((3,), (1,)), ((), ())), precision=precision)
-             for k, win in enumerate(windows))
+
+  out = lax.conv_general_dilated(x.transpose(3, 1, 2, 0), tw.transpose(2, 0, 1, 3),
+                                 (1, 1), "VALID", precision=precision,
+                                 dimension_numbers=_KERNEL_TANGENT_DIMS)
+  return out.transpose(2, 0, 1, 3)
 
 
 def _conv_shifted_jvp(precision, primals, tangents):
