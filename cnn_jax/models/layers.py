@@ -162,11 +162,11 @@ def _conv_kernel_tangent(x, tw, precision):
   the taps of `tw`. Otherwise a convolution whose dimension numbers are chosen so that
   JAX's transpose of it (with respect to the kernel) is a plain NHWC x HWIO convolution:
   the input transposed to [Cin, H, W, N] (Cin as batch, N as features) against the
-  output gradient as a [H, W, N, Cout] kernel, giving [Cin, KH, KW, Cout]. XLA's
-  convolution contracts over N x H x W without copying the windows; one matmul per
-  tap, measured inside `lax.scan`, was 1.3-2.9x slower on the zoo's layer shapes
-  (docs/performance.md, "Convolutions inside lax.scan"). Forward mode computes the
-  tangent itself with those unusual dimension numbers: right, but slow inside loops.
+  output gradient as a [H, W, N, Cout] kernel, giving [Cin, KH, KW, Cout]. It
+  contracts over N x H x W without copying the shifted windows; the one matmul per
+  tap that it replaced was 1.1-2.1x slower inside `lax.scan` on the zoo's 3x3 layers
+  (docs/performance.md). Forward mode computes this tangent itself, with unusual
+  dimension numbers: right, but slow inside loops.
   """
   kh, kw, cin, cout = tw.shape
   if kh * kw * cin <= MAX_IM2COL_FEATURES:
