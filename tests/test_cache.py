@@ -3,6 +3,8 @@ damaged ArrayRecord files."""
 
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -22,7 +24,9 @@ def prepared(data_dir, tmp_path):
 
 
 def cache_files(builder):
-  return sorted(os.listdir(os.path.join(builder.data_dir, cache.CACHE_DIR)))
+  """The cached splits' files (not the manifest)."""
+  return sorted(n for n in os.listdir(os.path.join(builder.data_dir, cache.CACHE_DIR))
+                if n != cache.MANIFEST)
 
 
 def test_cache_is_written_once_and_equals_the_data_source(prepared, capsys):
@@ -83,3 +87,59 @@ def test_a_corrupt_array_record_shard_is_an_error_naming_the_file(prepared):
     data.read_split(prepared, "train")
   assert shard in str(e.value) and "damaged" in str(e.value)
   assert "Split spec" not in str(e.value)
+
+
+def _open_all(builder):
+  for split in builder.info.splits:
+    cache.open_base_split(builder, split, max_bytes=10**9)
+
+
+def test_a_fully_cached_dataset_opens_from_its_cache_alone(prepared):
+  root = os.path.dirname(os.path.dirname(os.fspath(prepared.data_dir)))
+  cache.open_base_split(prepared, "test", max_bytes=10**9)
+  assert cache.open_cached("mnist_5k", root, 10**9) is None  # Train not cached yet.
+  _open_all(prepared)
+  info, bases = cache.open_cached("mnist_5k", root, 10**9)
+  assert info == source.dataset_info(prepared)
+  assert sorted(bases) == sorted(prepared.info.splits)
+  for split, base in bases.items():
+    want = cache.open_base_split(prepared, split, max_bytes=10**9)
+    idx = np.arange(base.num_examples)
+    for got, expected in zip(base.read(idx), want.read(idx)):
+      np.testing.assert_array_equal(got, expected)
+  # Too large for the caller's budget: its pipeline streams, through TFDS.
+  assert cache.open_cached("mnist_5k", root, 784 * 1000) is None
+
+
+def test_the_cache_alone_is_not_used_once_the_prepared_files_change(prepared):
+  root = os.path.dirname(os.path.dirname(os.fspath(prepared.data_dir)))
+  _open_all(prepared)
+  os.utime(cache.shard_files(prepared, "train")[0], ns=(1, 1))
+  assert cache.open_cached("mnist_5k", root, 10**9) is None
+  _open_all(prepared)  # Rebuilt, and the manifest with it.
+  assert cache.open_cached("mnist_5k", root, 10**9) is not None
+  # Two prepared versions: which one to read is TFDS's choice.
+  shutil.copytree(prepared.data_dir, os.path.join(root, "mnist_5k", "0.0.1"))
+  assert cache.open_cached("mnist_5k", root, 10**9) is None
+
+
+def test_open_splits_of_a_cached_dataset_imports_no_tfds(prepared, tmp_path):
+  _open_all(prepared)
+  root = os.path.dirname(os.path.dirname(os.fspath(prepared.data_dir)))
+  script = (
+      "import sys; from cnn_jax import data; from experiments import seed_cnn\n"
+      f"c = seed_cnn.get_config(); c.data_dir = {root!r}; c.validation_fraction = 0.1\n"
+      "info, named = data.open_splits(c)\n"
+      "print(info.splits, type(named['train'].parts[0][0]).__name__,\n"
+      "      'tensorflow_datasets' in sys.modules)\n")
+  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert out.stdout.split("\n")[-2] == (
+      "{'train': 3600, 'test': 1000, 'validation': 400} CachedSplit False"), out.stdout
+  config = __import__("experiments.seed_cnn").seed_cnn.get_config()
+  config.data_dir, config.validation_fraction = root, 0.1
+  _, named = data.open_splits(config)  # The same splits as through TFDS:
+  builder_named = data.splits_lib.named_splits(
+      config, list(prepared.info.splits), data.open_base_splits(prepared, 10**9))
+  for name, split in named.items():
+    np.testing.assert_array_equal(split.labels(), builder_named[name].labels())

@@ -10,7 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 from tensorflow_datasets.image_classification import mnist as tfds_mnist
 
-from cnn_jax.data import source
+from cnn_jax.data import cache, source
 from cnn_jax.data.builders import idx
 from cnn_jax.prepare import prepare_command
 
@@ -205,9 +205,11 @@ def test_prepare_debian_fashion_mnist(tmp_path):
   print(f"prepared Debian fashion_mnist in {time.perf_counter() - start:.1f} s")
   assert (builder.name, str(builder.version)) == ("fashion_mnist", "3.0.1")
   assert source.has_array_record(builder)
-  # The decoded cache of both splits is written by prepare.
-  assert sorted(os.listdir(os.path.join(builder.data_dir, "decoded")))[0].startswith("test.")
-  assert len(os.listdir(os.path.join(builder.data_dir, "decoded"))) == 4
+  # The decoded cache of both splits is written by prepare, and its manifest: later
+  # runs open the dataset without TFDS.
+  names = sorted(os.listdir(os.path.join(builder.data_dir, "decoded")))
+  assert names[0] == "manifest.json" and names[1].startswith("test.") and len(names) == 5
   info = source.dataset_info(builder)
+  assert cache.open_cached("fashion_mnist", str(tmp_path), 10**9)[0] == info
   assert (info.splits["train"], info.splits["test"], info.num_classes) == (60_000, 10_000, 10)
   assert info.image_shape == (28, 28, 1)

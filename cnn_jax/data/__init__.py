@@ -8,6 +8,8 @@ then one pipeline serves them as `batching.Chunk`s: `in_memory` (whole splits on
 devices, the fast path for data that fits) or `streaming` (Grain, chunk by chunk).
 """
 
+import dataclasses
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -57,6 +59,13 @@ def open_splits(config) -> tuple[DatasetInfo, dict[str, splits_lib.Split]]:
   Process 0 does it first while the others wait, so only one prepares or writes.
   """
   def open_all():
+    if not config.dataset.startswith(source.FOLDER_PREFIX):
+      cached = cache.open_cached(config.dataset, config.data_dir,
+                                 config.in_memory_max_bytes)
+      if cached is not None:  # Decoded already: no TFDS to import.
+        info, bases = cached
+        named = splits_lib.named_splits(config, list(bases), bases.__getitem__)
+        return dataclasses.replace(info, splits={k: len(v) for k, v in named.items()}), named
     builder = source.prepared_builder(config.dataset, config.data_dir,
                                       folder_options(config))
     named = splits_lib.named_splits(config, list(builder.info.splits.keys()),

@@ -72,6 +72,9 @@ def from_spec(spec: str, known: list[str], open_base: Callable[[str], BaseSplit]
     known: the dataset's split names (empty: not known, e.g. mocked datasets).
     open_base: split name -> its `BaseSplit`.
   """
+  if spec in known:  # A whole split: no spec to parse.
+    base = open_base(spec)
+    return Split(((base, np.arange(base.num_examples)),))
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
   class Sizes(dict):

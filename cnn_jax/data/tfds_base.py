@@ -37,9 +37,10 @@ def tensorflow():
 
 
 def default_data_dir() -> str:
-  """TFDS's data directory ($TFDS_DATA_DIR or ~/tensorflow_datasets)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  return tfds.core.constants.DATA_DIR
+  """TFDS's data directory ($TFDS_DATA_DIR or ~/tensorflow_datasets), found as
+  `tfds.core.constants` finds it, without importing TFDS."""
+  return os.environ.get("TFDS_DATA_DIR",
+                        os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
 
 
 def new_or_prepared(make):
