@@ -11,6 +11,7 @@ import pytest
 
 from cnn_jax import data
 from cnn_jax.data import cache, source
+from experiments import seed_cnn
 
 
 @pytest.fixture
@@ -136,7 +137,7 @@ def test_open_splits_of_a_cached_dataset_imports_no_tfds(prepared, tmp_path):
                        check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
   assert out.stdout.split("\n")[-2] == (
       "{'train': 3600, 'test': 1000, 'validation': 400} CachedSplit False"), out.stdout
-  config = __import__("experiments.seed_cnn").seed_cnn.get_config()
+  config = seed_cnn.get_config()
   config.data_dir, config.validation_fraction = root, 0.1
   _, named = data.open_splits(config)  # The same splits as through TFDS:
   builder_named = data.splits_lib.named_splits(

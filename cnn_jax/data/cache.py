@@ -169,11 +169,6 @@ def _paths(directory: str, split: str, key: str) -> tuple[str, str]:
   return f"{stem}.labels.npy", f"{stem}.images.npy"
 
 
-def cache_paths(builder, split: str) -> tuple[str, str]:
-  """(labels, images) paths of the cache of `split` in its current state."""
-  return _paths(os.fspath(builder.data_dir), split, cache_key(builder, split))
-
-
 def open_base_split(builder, split: str, max_bytes: int) -> BaseSplit:
   """Random access to `split`, through the decoded cache when its images fit.
 
@@ -182,7 +177,8 @@ def open_base_split(builder, split: str, max_bytes: int) -> BaseSplit:
   """
   if not shard_files(builder, split):
     return SourceSplit(builder, split)
-  labels_path, images_path = cache_paths(builder, split)
+  key = cache_key(builder, split)
+  labels_path, images_path = _paths(os.fspath(builder.data_dir), split, key)
   source = SourceSplit(builder, split)
   image_bytes = source.num_examples * int(np.prod(
       builder.info.features[source.image_key].shape))
@@ -200,7 +196,7 @@ def open_base_split(builder, split: str, max_bytes: int) -> BaseSplit:
   if not cache_images:
     return LabelCachedSplit(builder, split, labels)
   try:
-    _record(builder, split, os.path.basename(labels_path).split(".")[1])
+    _record(builder, split, key)
   except OSError:
     pass  # The cache is read all the same; start-up goes through TFDS.
   return labels
