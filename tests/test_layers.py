@@ -12,13 +12,26 @@ import pytest
 
 from cnn_jax import models
 from cnn_jax import train
-from cnn_jax.models import layers
+from cnn_jax.models import layers, onednn
 
 SHAPES = [(1, 28, 28, 1), (3, 27, 27, 3), (1, 5, 7, 1), (3, 5, 7, 3), (2, 6, 9, 1)]
 
 
 def _close(a, b, rtol=1e-5, atol=1e-5):
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
+
+
+@pytest.fixture(params=["onednn", "formulation"])
+def cpu_convs(request):
+  """Runs a test with oneDNN's convolutions (models/onednn.py) and with the formulation
+  used without them. (Each test traces functions of its own: `onednn.disabled()`
+  applies to what is traced within it.)"""
+  if request.param == "onednn":
+    assert onednn.available(), onednn.unavailable_reason()
+    yield request.param
+  else:
+    with onednn.disabled():
+      yield request.param
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -58,7 +71,7 @@ def _conv_loss(module):
     ((1, 28, 28, 1), "VALID"), ((3, 27, 27, 3), "SAME"), ((3, 5, 7, 1), "VALID"),
     ((1, 5, 7, 3), "VALID"),
     ((2, 9, 10, 8), "SAME")])  # 3 * 3 * 8 > MAX_IM2COL_FEATURES: one matmul per tap.
-def test_conv_matches_flax_conv(shape, padding):
+def test_conv_matches_flax_conv(shape, padding, cpu_convs):
   x = jax.random.normal(jax.random.key(0), shape)
   fast, ref = (cls(8, (3, 3), padding=padding) for cls in (layers.Conv, nn.Conv))
   variables = ref.init(jax.random.key(1), x)
@@ -75,7 +88,7 @@ def test_conv_matches_flax_conv(shape, padding):
     ((1, 15, 14, 3), (7, 7), 2, ((3, 3), (3, 3))),  # ResNet-18's stem.
     ((2, 10, 11, 2), (3, 2), (3, 2), ((0, 1), (2, 0))),  # Uneven everything.
     ((1, 12, 12, 3), (4, 4), 4, "VALID")])  # A ViT-style patch embedding.
-def test_strided_conv_matches_flax_conv(shape, kernel, strides, padding):
+def test_strided_conv_matches_flax_conv(shape, kernel, strides, padding, cpu_convs):
   x = jax.random.normal(jax.random.key(0), shape)
   fast, ref = (cls(5, kernel, strides=strides, padding=padding)
                for cls in (layers.Conv, nn.Conv))
@@ -108,37 +121,44 @@ def test_cpu_program_has_no_slow_native_ops():
   assert "convolution(" not in hlo
 
 
-def test_vgg_steps_in_a_loop_keep_only_plain_convolutions():
-  # Inside a while loop XLA:CPU does not rewrite a convolution with other dimension
-  # orders into a plain one and runs it ~50x slower (jax-ml/jax#12868); nn.Conv's
-  # gradients are such convolutions. Every convolution left must be NHWC x HWIO.
-  model = models.build_model("vgg_bn", 10)
+def _loop_program(name, **kwargs) -> str:
+  """The CPU program of two training steps of `name` in a `lax.scan`."""
+  model = models.build_model(name, 10, **kwargs)
   state = train.create_train_state(model, jax.random.key(0), (28, 28, 1),
                                    optax.adam(1e-3))
   batches = {"image": jnp.zeros((2, 8, 28, 28, 1)), "label": jnp.zeros((2, 8), jnp.int32)}
-  hlo = _cpu_hlo(lambda s, b: jax.lax.scan(train.train_step, s, b), state, batches)
+  return _cpu_hlo(lambda s, b: jax.lax.scan(train.train_step, s, b), state, batches)
+
+
+def _check_loop_convolutions(hlo, layers_after_stem, cpu_convs):
+  """Forward pass, input and kernel gradients of each convolution after the first (on
+  one channel, that one is elementwise, its input needs no gradient and its kernel
+  gradient is one matmul): oneDNN's three custom calls each, or three plain NHWC x
+  HWIO convolutions, never one with other dimension orders: inside a while loop
+  XLA:CPU does not rewrite those into plain ones and runs them ~50x slower
+  (jax-ml/jax#12868); nn.Conv's gradients are such convolutions."""
   convolutions = [line for line in hlo.splitlines() if " convolution(" in line]
-  # Forward pass, input and kernel gradients of the three convolutions after the
-  # first (on one channel, that one is elementwise, its input needs no gradient and
-  # its kernel gradient is one matmul).
-  assert len(convolutions) == 9, convolutions
-  for line in convolutions:
-    assert "dim_labels=b01f_01io->b01f" in line, line
+  calls = {name: hlo.count(f'custom_call_target="cnn_jax_onednn_{name}"')
+           for name in ("fwd", "bwd_data", "bwd_weights")}
+  if cpu_convs == "onednn":
+    assert calls == dict.fromkeys(calls, layers_after_stem), calls
+    assert not convolutions, convolutions
+  else:
+    assert calls == dict.fromkeys(calls, 0), calls
+    assert len(convolutions) == 3 * layers_after_stem, convolutions
+    for line in convolutions:
+      assert "dim_labels=b01f_01io->b01f" in line, line
   assert "select-and-scatter" not in hlo
 
 
-def test_resnet_steps_in_a_loop_keep_only_plain_convolutions():
-  # Its stride-2 convolutions too (space-to-depth, then a stride-1 convolution).
-  model = models.build_model("resnet20", 10, shortcut="pad")
-  state = train.create_train_state(model, jax.random.key(0), (28, 28, 1),
-                                   optax.adam(1e-3))
-  batches = {"image": jnp.zeros((2, 4, 28, 28, 1)), "label": jnp.zeros((2, 4), jnp.int32)}
-  hlo = _cpu_hlo(lambda s, b: jax.lax.scan(train.train_step, s, b), state, batches)
-  convolutions = [line for line in hlo.splitlines() if " convolution(" in line]
-  # Forward, input and kernel gradients of the 18 convolutions after the stem.
-  assert len(convolutions) == 54, convolutions
-  for line in convolutions:
-    assert "dim_labels=b01f_01io->b01f" in line, line
+def test_vgg_steps_in_a_loop_keep_only_plain_convolutions(cpu_convs):
+  _check_loop_convolutions(_loop_program("vgg_bn"), 3, cpu_convs)
+
+
+def test_resnet_steps_in_a_loop_keep_only_plain_convolutions(cpu_convs):
+  # Its stride-2 convolutions too (oneDNN's own, or space-to-depth, then a stride-1
+  # convolution).
+  _check_loop_convolutions(_loop_program("resnet20", shortcut="pad"), 18, cpu_convs)
 
 
 def test_seed_model_parameters_unchanged():
@@ -161,8 +181,12 @@ class _Tiny(nn.Module):
     return jnp.sum(jnp.tanh(self.conv(2, (2, 2), padding="VALID")(x)) ** 2)
 
 
-FAST = _Tiny(layers.Conv, layers.max_pool_2x2)
 REFERENCE = _Tiny(nn.Conv, layers.max_pool_2x2_reference)
+
+
+def _fast():
+  """The fast layers' _Tiny: a new instance per call, whose methods jit traces anew."""
+  return _Tiny(layers.Conv, layers.max_pool_2x2)
 
 
 def _tiny_inputs(shape=(2, 6, 6, 1)):
@@ -170,12 +194,13 @@ def _tiny_inputs(shape=(2, 6, 6, 1)):
   return REFERENCE.init(jax.random.key(1), x), x
 
 
-def test_forward_mode_matches_reference_layers():
+def test_forward_mode_matches_reference_layers(cpu_convs):
   variables, x = _tiny_inputs()
+  fast = _fast()
   tangents = jax.tree.map(lambda v: jax.random.normal(jax.random.key(2), v.shape),
                           (variables, x))
   for jvp in (jax.jvp, jax.jit(jax.jvp, static_argnums=0)):
-    out, tangent = jvp(FAST.apply, (variables, x), tangents)
+    out, tangent = jvp(fast.apply, (variables, x), tangents)
     out_ref, tangent_ref = jax.jvp(REFERENCE.apply, (variables, x), tangents)
     _close(out, out_ref)
     _close(tangent, tangent_ref, 1e-4, 1e-4)
@@ -183,7 +208,7 @@ def test_forward_mode_matches_reference_layers():
 
 @pytest.mark.parametrize("wrt", [
     "Conv_0/kernel", "Conv_0/bias", "Conv_1/kernel", "input"])
-def test_hessian_matches_reference_layers(wrt):
+def test_hessian_matches_reference_layers(wrt, cpu_convs):
   variables, x = _tiny_inputs((1, 4, 4, 1))
 
   def loss(module, value):
@@ -199,7 +224,7 @@ def test_hessian_matches_reference_layers(wrt):
   else:
     layer, name = wrt.split("/")
     value = variables["params"][layer][name]
-  hessian = jax.jit(jax.hessian(functools.partial(loss, FAST)))(value)
+  hessian = jax.jit(jax.hessian(functools.partial(loss, _fast())))(value)
   hessian_ref = jax.hessian(functools.partial(loss, REFERENCE))(value)
   assert hessian.shape == value.shape * 2
   _close(hessian, hessian_ref, 1e-4, 1e-4)

@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cnn_jax.models import onednn
+
 
 def _count(tree) -> int:
   return int(sum(x.size for x in jax.tree.leaves(tree)))
@@ -20,7 +22,8 @@ def summary(model: nn.Module, image_shape: Sequence[int], batch_size: int = 1) -
   normalisation and activation included), not only the convolutions and matmuls. The
   CPU, because every JAX has it and its cost analysis counts convolutions: on a GPU
   XLA hands them to cuDNN as custom calls, which its cost analysis leaves out (an H100
-  reported 0.65 MFLOPs for ResNet-20's 61 on 28x28 images).
+  reported 0.65 MFLOPs for ResNet-20's 61 on 28x28 images). For the same reason the
+  program counted uses XLA's convolutions, not oneDNN's (models/onednn.py).
 
   Args:
     model: a linen Module called as `model.apply(variables, images, train=False)`.
@@ -39,7 +42,8 @@ def summary(model: nn.Module, image_shape: Sequence[int], batch_size: int = 1) -
   variables = jax.tree.map(
       lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=cpu), variables)
   apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
-  cost = apply.lower(variables, images).compile().cost_analysis()
+  with onednn.disabled():  # Custom calls count no FLOPs.
+    cost = apply.lower(variables, images).compile().cost_analysis()
   if isinstance(cost, (list, tuple)):  # Older jax: one dict per program.
     cost = cost[0] if cost else None
   flops = cost.get("flops") if cost else None

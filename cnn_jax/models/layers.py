@@ -7,11 +7,15 @@ loop such as `train.train_steps`. The choice is made per backend by
 `lax.platform_dependent` when the program is lowered, so model files and configs
 are the same everywhere: CPU gets the fast formulation, GPU/TPU keep XLA's ops.
 
+Convolutions with more than one input channel run on oneDNN's kernels where its
+extension is available (models/onednn.py: float32, x86-64 Linux with a C++
+compiler), else on the formulation below.
+
 Each fast formulation is a `jax.custom_jvp` with a tangent rule linear in the
-tangents: forward mode (`jax.jvp`, `jax.hessian`) runs the rule, and reverse mode
-transposes it, so the rule is written for what its transpose costs. (A
-`jax.custom_vjp` would break forward mode on every backend, since
-`lax.platform_dependent` traces every branch.)
+tangents (oneDNN's: primitives with their own transposes): forward mode
+(`jax.jvp`, `jax.hessian`) runs the rule, and reverse mode transposes it, so the
+rule is written for what its transpose costs. (A `jax.custom_vjp` would break
+forward mode on every backend, since `lax.platform_dependent` traces every branch.)
 """
 
 import functools
@@ -23,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
+
+from cnn_jax.models import onednn
 
 
 def max_pool_2x2_reference(x: jax.Array) -> jax.Array:
@@ -285,10 +291,13 @@ def conv_strided(lhs: jax.Array, rhs: jax.Array, strides: Sequence[int],
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None,
                          feature_group_count=1, precision=None, **kwargs):
-  """`lax.conv_general_dilated` that uses `conv_shifted` on CPU where it applies.
+  """`lax.conv_general_dilated` that uses a faster formulation on CPU where it applies.
 
-  Applies to 2-D NHWC/HWIO undilated ungrouped convolutions (strided ones through
-  `conv_strided`); everything else, and every non-CPU backend, calls the lax op.
+  Applies to 2-D NHWC/HWIO undilated ungrouped convolutions: oneDNN's
+  (`onednn.conv`) for float32 with more than one input channel where it is
+  available, else `conv_shifted` (strided ones through `conv_strided`), which keeps
+  the one-channel layers' multiply-add that XLA fuses with what follows. Everything
+  else, and every non-CPU backend, calls the lax op.
   """
   def reference(lhs, rhs):
     return lax.conv_general_dilated(
@@ -308,7 +317,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   strides = tuple(window_strides or (1, 1))
   pads = (lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
           if isinstance(padding, str) else tuple(tuple(p) for p in padding))
-  if ones(strides):
+  if (lhs.shape[-1] > 1 and lhs.dtype == rhs.dtype == jnp.float32
+      and onednn.available()):
+    fast = lambda lhs, rhs: onednn.conv(lhs, rhs, strides, pads)
+  elif ones(strides):
     fast = lambda lhs, rhs: conv_shifted(lhs, rhs, pads, precision)
   else:
     fast = lambda lhs, rhs: conv_strided(lhs, rhs, strides, pads, precision)

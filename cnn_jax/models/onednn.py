@@ -1,0 +1,254 @@
+"""oneDNN's convolutions on XLA:CPU, as JAX primitives with their own derivatives.
+
+XLA:CPU runs convolutions with Eigen's kernels, at 110-145 GFLOP/s for this
+project's 3x3 layers on a 2-core AVX-512 machine, where oneDNN (the library behind
+TensorFlow's and PyTorch's CPU convolutions) runs the same layers, forward and both
+gradients, at 160-210 (docs/performance.md). `conv` computes a 2-D NHWC x HWIO
+float32 convolution, and its gradients, by oneDNN through XLA's foreign function
+interface (`cnn_jax/csrc/onednn_conv.cc`, compiled on first use with the C++
+compiler against the `onednn-devel-cpu-gomp` package).
+
+Three primitives, each bilinear: the convolution `y = fwd(x, w)`, its input gradient
+`dx = bwd_data(dy, w)` and its kernel gradient `dw = bwd_weights(x, dy)`. Each one's
+transposes are the other two (`jax.interpreters.ad.defbilinear`), so reverse mode,
+forward mode (`jax.jvp`) and every higher derivative (`jax.hessian`) stay on oneDNN,
+inside `lax.scan` too. On other platforms, under `jax.vmap`, and for any dtype but
+float32 they are XLA's own convolution (`_reference`).
+
+`available()` says whether the extension could be built and loaded; the CPU layers
+(`layers.conv_general_dilated`) use it only then. `CNN_JAX_ONEDNN=0` turns it off.
+"""
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import importlib.metadata
+import logging
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from typing import Sequence
+
+import jax
+from jax import lax
+from jax._src import dispatch  # apply_primitive, as JAX's own primitives use.
+from jax.extend import core as jex_core
+from jax.interpreters import ad, batching, mlir
+import jax.numpy as jnp
+import numpy as np
+
+SOURCE = pathlib.Path(__file__).resolve().parent.parent / "csrc" / "onednn_conv.cc"
+_TARGETS = {"fwd": "OnednnConvForward", "bwd_data": "OnednnConvBackwardData",
+            "bwd_weights": "OnednnConvBackwardWeights"}
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def _prefix_dirs() -> tuple[pathlib.Path, pathlib.Path]:
+  """Where pip put oneDNN's headers and library: the environment's include/ and lib/."""
+  data = pathlib.Path(sysconfig.get_paths()["data"])
+  return data / "include", data / "lib"
+
+
+def cache_dir() -> pathlib.Path:
+  root = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+  return pathlib.Path(root) / "cnn_jax" / "ext"
+
+
+def _library_path() -> pathlib.Path:
+  """The compiled extension's path, named for everything it is built from."""
+  include, lib = _prefix_dirs()
+  key = hashlib.sha256()
+  key.update(SOURCE.read_bytes())
+  for part in (importlib.metadata.version("jaxlib"), str(include), str(lib),
+               sys.executable):
+    key.update(part.encode())
+  return cache_dir() / f"onednn_conv-{key.hexdigest()[:16]}.so"
+
+
+def build() -> pathlib.Path:
+  """Compiles the extension unless its library exists; returns its path.
+
+  Raises RuntimeError naming what is missing (the compiler, oneDNN's headers) or the
+  compiler's output.
+  """
+  path = _library_path()
+  if path.exists():
+    return path
+  include, lib = _prefix_dirs()
+  compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+  if compiler is None or shutil.which(compiler) is None:
+    raise RuntimeError(f"no C++ compiler ({compiler or 'g++, c++'}; set $CXX) to build "
+                       "the oneDNN extension")
+  if not (include / "oneapi" / "dnnl" / "dnnl.hpp").exists():
+    raise RuntimeError(f"oneDNN's headers are not in {include}: pip install "
+                       "onednn-devel-cpu-gomp (pyproject.toml lists it)")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  # Written beside its final name and renamed: parallel builds never see half a file.
+  fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+  os.close(fd)
+  command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", str(SOURCE),
+             "-o", tmp, f"-I{jax.ffi.include_dir()}", f"-I{include}", f"-L{lib}",
+             "-ldnnl", f"-Wl,-rpath,{lib}"]
+  done = subprocess.run(command, capture_output=True, text=True)
+  if done.returncode != 0:
+    os.unlink(tmp)
+    raise RuntimeError(f"building the oneDNN extension failed:\n{' '.join(command)}\n"
+                       f"{done.stderr[-4000:]}")
+  os.replace(tmp, path)
+  return path
+
+
+@functools.cache
+def _load() -> str | None:
+  """Builds, loads and registers the extension; None if it is off, else '' or why not."""
+  if os.environ.get("CNN_JAX_ONEDNN", "1") == "0":
+    return "turned off by CNN_JAX_ONEDNN=0"
+  try:
+    library = ctypes.cdll.LoadLibrary(str(build()))
+  except (RuntimeError, OSError) as e:
+    # Said once, when a model first needs it: such a run is slower, not wrong.
+    logging.warning("CPU convolutions by XLA, not oneDNN: %s", e)
+    return str(e)
+  for name, symbol in _TARGETS.items():
+    jax.ffi.register_ffi_target(f"cnn_jax_onednn_{name}",
+                                jax.ffi.pycapsule(getattr(library, symbol)),
+                                platform="cpu")
+  return ""
+
+
+_disabled = 0
+
+
+@contextlib.contextmanager
+def disabled():
+  """Within it, `available()` is False: what is traced then uses XLA's convolutions.
+
+  For XLA's cost analysis, which counts no FLOPs in a custom call (models/costs.py).
+  """
+  global _disabled
+  _disabled += 1
+  try:
+    yield
+  finally:
+    _disabled -= 1
+
+
+def unavailable_reason() -> str:
+  """Why `conv` cannot run oneDNN here ('' when it can)."""
+  return "disabled()" if _disabled else _load() or ""
+
+
+def available() -> bool:
+  return not unavailable_reason()
+
+
+def _out_size(size, k, stride, pad):
+  return (size + pad[0] + pad[1] - k) // stride + 1
+
+
+def _y_shape(x_shape, w_shape, strides, padding):
+  n, h, w, _ = x_shape
+  kh, kw, _, cout = w_shape
+  return (n, _out_size(h, kh, strides[0], padding[0]),
+          _out_size(w, kw, strides[1], padding[1]), cout)
+
+
+def _reference(name, a, b, *, strides, padding, shape):
+  """What each primitive computes, by XLA's convolution and its transposes."""
+  conv = lambda x, w: lax.conv_general_dilated(x, w, strides, padding,
+                                               dimension_numbers=_DIMS)
+  if name == "fwd":
+    return conv(a, b)
+  if name == "bwd_data":
+    dy, w = a, b
+    return jax.linear_transpose(lambda x: conv(x, w),
+                                jax.ShapeDtypeStruct(shape, dy.dtype))(dy)[0]
+  x, dy = a, b
+  return jax.linear_transpose(lambda w: conv(x, w),
+                              jax.ShapeDtypeStruct(shape, dy.dtype))(dy)[0]
+
+
+def _oned(name, a, b, *, strides, padding, shape):
+  """The primitive `name` by oneDNN (float32, when `available()`; else `_reference`)."""
+  if a.dtype != jnp.float32 or b.dtype != jnp.float32 or not available():
+    return _reference(name, a, b, strides=strides, padding=padding, shape=shape)
+  (pt, pb), (pl, pr) = padding
+  call = jax.ffi.ffi_call(f"cnn_jax_onednn_{name}", jax.ShapeDtypeStruct(shape, a.dtype))
+  return call(a, b, sh=np.int64(strides[0]), sw=np.int64(strides[1]), pt=np.int64(pt),
+              pl=np.int64(pl), pb=np.int64(pb), pr=np.int64(pr))
+
+
+def _primitive(name):
+  p = jex_core.Primitive(f"onednn_conv_{name}")
+  p.def_impl(functools.partial(dispatch.apply_primitive, p))  # Eager: compiled alone.
+  p.def_abstract_eval(
+      lambda a, b, *, shape, **_: jax.core.ShapedArray(shape, jnp.result_type(a, b)))
+  mlir.register_lowering(
+      p, mlir.lower_fun(functools.partial(_reference, name), multiple_results=False))
+  mlir.register_lowering(
+      p, mlir.lower_fun(functools.partial(_oned, name), multiple_results=False),
+      platform="cpu")
+
+  def batch(args, dims, **params):
+    # vmap (per-example gradients, say): XLA's convolution batches itself.
+    in_axes = [d if isinstance(d, int) else None for d in dims]
+    return jax.vmap(functools.partial(_reference, name, **params), in_axes=in_axes)(*args), 0
+
+  batching.primitive_batchers[p] = batch
+  return p
+
+
+fwd_p = _primitive("fwd")
+bwd_data_p = _primitive("bwd_data")
+bwd_weights_p = _primitive("bwd_weights")
+
+
+def _fwd(x, w, strides, padding):
+  return fwd_p.bind(x, w, strides=strides, padding=padding,
+                    shape=_y_shape(x.shape, w.shape, strides, padding))
+
+
+def _bwd_data(dy, w, strides, padding, shape):
+  return bwd_data_p.bind(dy, w, strides=strides, padding=padding, shape=tuple(shape))
+
+
+def _bwd_weights(x, dy, strides, padding, shape):
+  return bwd_weights_p.bind(x, dy, strides=strides, padding=padding, shape=tuple(shape))
+
+
+# Transposes: <fwd(x, w), c> = <x, bwd_data(c, w)> = <w, bwd_weights(x, c)>.
+ad.defbilinear(
+    fwd_p,
+    lambda ct, x, w, *, strides, padding, shape: _bwd_data(ct, w, strides, padding,
+                                                           x.aval.shape),
+    lambda ct, x, w, *, strides, padding, shape: _bwd_weights(x, ct, strides, padding,
+                                                              w.aval.shape))
+ad.defbilinear(
+    bwd_data_p,
+    lambda ct, dy, w, *, strides, padding, shape: _fwd(ct, w, strides, padding),
+    lambda ct, dy, w, *, strides, padding, shape: _bwd_weights(ct, dy, strides, padding,
+                                                               w.aval.shape))
+ad.defbilinear(
+    bwd_weights_p,
+    lambda ct, x, dy, *, strides, padding, shape: _bwd_data(dy, ct, strides, padding,
+                                                            x.aval.shape),
+    lambda ct, x, dy, *, strides, padding, shape: _fwd(x, ct, strides, padding))
+
+
+def conv(lhs: jax.Array, rhs: jax.Array, strides: Sequence[int],
+         padding: Sequence[tuple[int, int]]) -> jax.Array:
+  """A 2-D NHWC x HWIO convolution, equal to `lax.conv_general_dilated`.
+
+  Args:
+    lhs: [N, H, W, Cin] inputs.
+    rhs: [KH, KW, Cin, Cout] kernel.
+    strides: (stride_h, stride_w).
+    padding: ((top, bottom), (left, right)) zero padding.
+  """
+  return _fwd(lhs, rhs, tuple(int(s) for s in strides),
+              tuple((int(lo), int(hi)) for lo, hi in padding))
