@@ -120,3 +120,14 @@ def test_build_failure_names_what_is_missing(monkeypatch, tmp_path):
   with pytest.raises(RuntimeError, match="oneDNN's headers are not in .*onednn-devel"):
     onednn.build()
   assert not (tmp_path / "ext.so").exists()
+
+
+def test_nothing_is_built_where_the_default_backend_is_not_the_cpu(monkeypatch):
+  # There the CPU branch of layers.conv_general_dilated is traced, never run.
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(onednn, "available", lambda: pytest.fail("oneDNN consulted"))
+  model = models.build_model("vgg_bn", 10)
+  x = jnp.zeros((2, 28, 28, 1))
+  variables = model.init(jax.random.key(0), x, train=False)
+  hlo = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).as_text()
+  assert "cnn_jax_onednn" not in hlo

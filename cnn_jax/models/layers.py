@@ -317,8 +317,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   strides = tuple(window_strides or (1, 1))
   pads = (lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
           if isinstance(padding, str) else tuple(tuple(p) for p in padding))
+  # On a GPU or TPU machine the CPU branch is traced but never run: nothing to build.
   if (lhs.shape[-1] > 1 and lhs.dtype == rhs.dtype == jnp.float32
-      and onednn.available()):
+      and jax.default_backend() == "cpu" and onednn.available()):
     fast = lambda lhs, rhs: onednn.conv(lhs, rhs, strides, pads)
   elif ones(strides):
     fast = lambda lhs, rhs: conv_shifted(lhs, rhs, pads, precision)
