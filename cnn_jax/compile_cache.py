@@ -42,11 +42,16 @@ def host_tag(cpuinfo: str = "/proc/cpuinfo") -> str:
   return f"{platform.machine()}-{hashlib.sha256(described.encode()).hexdigest()[:12]}"
 
 
-def default_dir(environ=None) -> str:
-  """$XDG_CACHE_HOME (else ~/.cache) / cnn_jax/jax/<host_tag()>."""
+def cache_root(environ=None) -> str:
+  """$XDG_CACHE_HOME (else ~/.cache) / cnn_jax: the project's caches on this machine."""
   environ = os.environ if environ is None else environ
   base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "cnn_jax", "jax", host_tag())
+  return os.path.join(base, "cnn_jax")
+
+
+def default_dir(environ=None) -> str:
+  """cache_root() / jax/<host_tag()>."""
+  return os.path.join(cache_root(environ), "jax", host_tag())
 
 
 def set_default_env(environ=None) -> str | None:

@@ -42,6 +42,8 @@ from jax.interpreters import ad, batching, mlir
 import jax.numpy as jnp
 import numpy as np
 
+from cnn_jax import compile_cache
+
 SOURCE = pathlib.Path(__file__).resolve().parent.parent / "csrc" / "onednn_conv.cc"
 _TARGETS = {"fwd": "OnednnConvForward", "bwd_data": "OnednnConvBackwardData",
             "bwd_weights": "OnednnConvBackwardWeights"}
@@ -54,11 +56,6 @@ def _prefix_dirs() -> tuple[pathlib.Path, pathlib.Path]:
   return data / "include", data / "lib"
 
 
-def cache_dir() -> pathlib.Path:
-  root = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-  return pathlib.Path(root) / "cnn_jax" / "ext"
-
-
 def _library_path() -> pathlib.Path:
   """The compiled extension's path, named for everything it is built from."""
   include, lib = _prefix_dirs()
@@ -67,7 +64,7 @@ def _library_path() -> pathlib.Path:
   for part in (importlib.metadata.version("jaxlib"), str(include), str(lib),
                sys.executable):
     key.update(part.encode())
-  return cache_dir() / f"onednn_conv-{key.hexdigest()[:16]}.so"
+  return pathlib.Path(compile_cache.cache_root()) / "ext" / f"onednn_conv-{key.hexdigest()[:16]}.so"
 
 
 def build() -> pathlib.Path:
@@ -105,7 +102,7 @@ def build() -> pathlib.Path:
 
 @functools.cache
 def _load() -> str | None:
-  """Builds, loads and registers the extension; None if it is off, else '' or why not."""
+  """Builds, loads and registers the extension: '' once done, else why not."""
   if os.environ.get("CNN_JAX_ONEDNN", "1") == "0":
     return "turned off by CNN_JAX_ONEDNN=0"
   try:
