@@ -9,7 +9,9 @@ are the same everywhere: CPU gets the fast formulation, GPU/TPU keep XLA's ops.
 
 Convolutions with more than one input channel run on oneDNN's kernels where its
 extension is available (models/onednn.py: float32, x86-64 Linux with a C++
-compiler), else on the formulation below.
+compiler), else on the formulation below. With that extension, a one-channel 3x3
+convolution followed by ReLU and a 2x2 max-pool (`ConvReluMaxPool`, the tutorial
+CNN's first layer) is one kernel (models/conv_pool.py).
 
 Each fast formulation is a `jax.custom_jvp` with a tangent rule linear in the
 tangents (oneDNN's: primitives with their own transposes): forward mode
@@ -28,7 +30,7 @@ import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-from cnn_jax.models import onednn
+from cnn_jax.models import conv_pool, onednn
 
 
 def max_pool_2x2_reference(x: jax.Array) -> jax.Array:
@@ -332,3 +334,44 @@ class Conv(nn.Conv):
   """`nn.Conv` (same parameters and names) whose convolution is `conv_general_dilated`."""
 
   conv_general_dilated: Any = conv_general_dilated
+
+
+def conv_relu_max_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+  """`max_pool_2x2(relu(conv(x, kernel, VALID) + bias))`, NHWC x HWIO.
+
+  On the CPU, for float32, one input channel and a 3x3 kernel, where the extension is
+  available, one kernel (`conv_pool.conv_relu_pool`); else these layers in turn.
+  """
+  def layered(x, kernel, bias):
+    y = conv_general_dilated(x, kernel, (1, 1), "VALID",
+                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return max_pool_2x2(nn.relu(y + bias))
+
+  # On a GPU or TPU machine the CPU branch is traced but never run: nothing to build.
+  if (x.ndim == 4 and x.shape[-1] == 1 and kernel.shape[:3] == (3, 3, 1)
+      and x.dtype == kernel.dtype == bias.dtype == jnp.float32
+      and jax.default_backend() == "cpu" and onednn.available()):
+    return lax.platform_dependent(x, kernel, bias, cpu=conv_pool.conv_relu_pool,
+                                  default=layered)
+  return layered(x, kernel, bias)
+
+
+class ConvReluMaxPool(nn.Module):
+  """`Conv(features, kernel_size, padding="VALID")`, ReLU and `max_pool_2x2` as one
+  layer (`conv_relu_max_pool`). Its parameters are `nn.Conv`'s (kernel, bias; the same
+  initialisers), so a model that names it `Conv_0` keeps a Conv_0's checkpoints."""
+
+  features: int
+  kernel_size: Sequence[int] = (3, 3)
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  kernel_init: Any = nn.linear.default_kernel_init
+  bias_init: Any = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", self.kernel_init,
+                        (*self.kernel_size, x.shape[-1], self.features), self.param_dtype)
+    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    return conv_relu_max_pool(x, kernel, bias)

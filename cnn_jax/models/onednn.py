@@ -16,7 +16,9 @@ inside `lax.scan` too. On other platforms, under `jax.vmap`, and for any dtype b
 float32 they are XLA's own convolution (`_reference`).
 
 `available()` says whether the extension could be built and loaded; the CPU layers
-(`layers.conv_general_dilated`) use it only then. `CNN_JAX_ONEDNN=0` turns it off.
+(`layers.conv_general_dilated`, and `layers.conv_relu_max_pool`, whose kernel is built
+into the same library: models/conv_pool.py) use it only then. `CNN_JAX_ONEDNN=0` turns
+it off.
 """
 
 import contextlib
@@ -44,9 +46,16 @@ import numpy as np
 
 from cnn_jax import compile_cache
 
-SOURCE = pathlib.Path(__file__).resolve().parent.parent / "csrc" / "onednn_conv.cc"
-_TARGETS = {"fwd": "OnednnConvForward", "bwd_data": "OnednnConvBackwardData",
-            "bwd_weights": "OnednnConvBackwardWeights"}
+_CSRC = pathlib.Path(__file__).resolve().parent.parent / "csrc"
+# The extension's sources: oneDNN's convolutions, and the tutorial CNN's fused first
+# layer (models/conv_pool.py), which needs no oneDNN but the same build.
+SOURCES = (_CSRC / "onednn_conv.cc", _CSRC / "conv_relu_pool.cc")
+# FFI target names (for XLA:CPU) of the extension's handlers.
+_TARGETS = {"cnn_jax_onednn_fwd": "OnednnConvForward",
+            "cnn_jax_onednn_bwd_data": "OnednnConvBackwardData",
+            "cnn_jax_onednn_bwd_weights": "OnednnConvBackwardWeights",
+            "cnn_jax_conv_relu_pool_fwd": "ConvReluPoolForward",
+            "cnn_jax_conv_relu_pool_kernel_grad": "ConvReluPoolKernelGrad"}
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
@@ -56,15 +65,27 @@ def _prefix_dirs() -> tuple[pathlib.Path, pathlib.Path]:
   return data / "include", data / "lib"
 
 
+def _cpu_flags() -> str:
+  """The CPU's instruction sets (/proc/cpuinfo's flags): the extension is compiled for
+  the machine it runs on (-march=native), so a cache shared by machines of other kinds
+  keeps one build for each."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next((line for line in f if line.startswith("flags")), "")
+  except OSError:
+    return ""
+
+
 def _library_path() -> pathlib.Path:
   """The compiled extension's path, named for everything it is built from."""
   include, lib = _prefix_dirs()
   key = hashlib.sha256()
-  key.update(SOURCE.read_bytes())
+  for source in SOURCES:
+    key.update(source.read_bytes())
   for part in (importlib.metadata.version("jaxlib"), str(include), str(lib),
-               sys.executable):
+               sys.executable, _cpu_flags()):
     key.update(part.encode())
-  return pathlib.Path(compile_cache.cache_root()) / "ext" / f"onednn_conv-{key.hexdigest()[:16]}.so"
+  return pathlib.Path(compile_cache.cache_root()) / "ext" / f"cpu_kernels-{key.hexdigest()[:16]}.so"
 
 
 def build() -> pathlib.Path:
@@ -88,8 +109,8 @@ def build() -> pathlib.Path:
   # Written beside its final name and renamed: parallel builds never see half a file.
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
   os.close(fd)
-  command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", str(SOURCE),
-             "-o", tmp, f"-I{jax.ffi.include_dir()}", f"-I{include}", f"-L{lib}",
+  command = [compiler, "-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared",
+             "-fPIC", "-w", *map(str, SOURCES), "-o", tmp, f"-I{jax.ffi.include_dir()}", f"-I{include}", f"-L{lib}",
              "-ldnnl", f"-Wl,-rpath,{lib}"]
   done = subprocess.run(command, capture_output=True, text=True)
   if done.returncode != 0:
@@ -112,7 +133,7 @@ def _load() -> str | None:
     logging.warning("CPU convolutions by XLA, not oneDNN: %s", e)
     return str(e)
   for name, symbol in _TARGETS.items():
-    jax.ffi.register_ffi_target(f"cnn_jax_onednn_{name}",
+    jax.ffi.register_ffi_target(name,
                                 jax.ffi.pycapsule(getattr(library, symbol)),
                                 platform="cpu")
   return ""

@@ -22,9 +22,9 @@ class SeedCNN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train  # No dropout or batch statistics in this model.
-    x = layers.Conv(self.features, (3, 3), padding="VALID", dtype=self.dtype)(x)
-    x = nn.relu(x)
-    x = layers.max_pool_2x2(x)
+    # Conv(32, 3x3, VALID) + ReLU + max-pool 2x2, one kernel on the CPU; named as the
+    # Conv it is, for its parameters' names.
+    x = layers.ConvReluMaxPool(self.features, (3, 3), dtype=self.dtype, name="Conv_0")(x)
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(x))
     return nn.Dense(self.num_classes, dtype=self.dtype)(x)
