@@ -11,6 +11,7 @@ import pytest
 
 from cnn_jax import models, train
 from cnn_jax.models import conv_pool, layers, onednn
+from tests.test_onednn import _built, _close  # pylint: disable=unused-import
 
 # (input shape, output channels): the tutorial's layer, a channel count that is not a
 # whole number of 16-channel blocks, and odd sizes whose last row and column the pool
@@ -33,20 +34,10 @@ def _operands(x_shape, c, seed=0):
           jax.random.normal(k[5], (c,))]
 
 
-def _close(a, b, tol=2e-5):
-  a, b = np.asarray(a), np.asarray(b)
-  np.testing.assert_allclose(a, b, rtol=tol, atol=tol * float(np.abs(b).max()))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _built():
-  assert onednn.available(), onednn.unavailable_reason()
-
-
 def _custom_calls(fn, *args):
   hlo = jax.jit(fn).lower(*args).compile().as_text()
   return {name: hlo.count(f'custom_call_target="cnn_jax_conv_relu_pool_{name}"')
-          for name in ("fwd", "kernel_grad")}
+          for name in ("fwd", "kernel_grad", "bias_grad")}
 
 
 @pytest.mark.parametrize("x_shape,c", CASES)
@@ -61,8 +52,9 @@ def test_values_and_gradients_match_xla_layers(x_shape, c):
   for g, r in zip(got, want):
     assert g.shape == r.shape and g.dtype == r.dtype
     _close(g, r)
-  # The forward pass and the kernel gradient on the kernel; nothing else is.
-  assert _custom_calls(jax.grad(loss(fused), 1), x, w, b) == {"fwd": 1, "kernel_grad": 1}
+  # The forward pass and the kernel and bias gradients on the kernel; nothing else is.
+  assert _custom_calls(jax.grad(loss(fused), (1, 2)), x, w, b) == {
+      "fwd": 1, "kernel_grad": 1, "bias_grad": 1}
 
 
 def test_ties_and_the_relu_route_the_gradient_as_xla_does():
@@ -109,6 +101,11 @@ def test_transposes_are_adjoint():
   assert abs(inner) > 1
   np.testing.assert_allclose(float(jnp.vdot(tw, kernel_grad)), inner, rtol=1e-5)
   np.testing.assert_allclose(float(jnp.vdot(tx, input_grad)), inner, rtol=1e-5)
+  tb = jax.random.normal(jax.random.key(10), (20,))
+  bias_inner = float(jnp.vdot(jax.jit(conv_pool.bias_sel_p.bind)(tb, win), c))
+  assert abs(bias_inner) > 1
+  np.testing.assert_allclose(
+      float(jnp.vdot(tb, jax.jit(conv_pool.bias_grad_p.bind)(c, win))), bias_inner, rtol=1e-5)
 
 
 def test_the_kernel_gradient_is_the_same_every_time():
@@ -134,16 +131,17 @@ def test_the_layer_is_a_conv_relu_and_pool_with_a_convs_parameters():
   half = layers.ConvReluMaxPool(6, (3, 3), dtype=jnp.bfloat16)
   assert half.apply(variables, x).dtype == jnp.bfloat16
   _close(half.apply(variables, x).astype(jnp.float32), want, 0.02)
-  assert _custom_calls(lambda v: half.apply(v, x), variables) == {"fwd": 0, "kernel_grad": 0}
-  assert _custom_calls(lambda v: fused.apply(v, x), variables) == {"fwd": 1, "kernel_grad": 0}
+  none = {"fwd": 0, "kernel_grad": 0, "bias_grad": 0}
+  assert _custom_calls(lambda v: half.apply(v, x), variables) == none
+  assert _custom_calls(lambda v: fused.apply(v, x), variables) == {**none, "fwd": 1}
   x3 = jnp.ones((2, 10, 10, 3))
   assert _custom_calls(lambda v: layers.ConvReluMaxPool(6).apply(v, x3),
-                       layers.ConvReluMaxPool(6).init(jax.random.key(0), x3)) == {
-      "fwd": 0, "kernel_grad": 0}
+                       layers.ConvReluMaxPool(6).init(jax.random.key(0), x3)) == none
 
 
 def test_the_tutorial_cnns_training_step_uses_the_kernel():
   model = models.build_model("seed_cnn", 10)
   state = train.create_train_state(model, jax.random.key(0), (28, 28, 1), optax.adam(1e-3))
   batch = {"image": jnp.zeros((8, 28, 28, 1)), "label": jnp.zeros((8,), jnp.int32)}
-  assert _custom_calls(train.train_step, state, batch) == {"fwd": 1, "kernel_grad": 1}
+  assert _custom_calls(train.train_step, state, batch) == {
+      "fwd": 1, "kernel_grad": 1, "bias_grad": 1}

@@ -1,5 +1,6 @@
 // A one-channel 3x3 VALID convolution, bias, ReLU and 2x2/2 max-pool in one pass, and
-// the kernel gradient of the winners' convolution, as XLA FFI handlers for XLA:CPU.
+// the kernel and bias gradients of the winners' convolution, as XLA FFI handlers for
+// XLA:CPU.
 // The tutorial CNN's first layer: as XLA ops its [N, 26, 26, 32] activation (11 MB at
 // batch 128) was written and read by the convolution, the ReLU, the pool, and again by
 // their gradients; here each image's activation stays in registers and only the pooled
@@ -192,8 +193,34 @@ ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> win,
   return ffi::Error::Success();
 }
 
+// The bias gradient: the sum of ct over the outputs whose winner is not -1.
+ffi::Error BiasGrad(ffi::Buffer<ffi::F32> ct, ffi::Buffer<ffi::S8> win,
+                    ffi::ResultBuffer<ffi::F32> db) {
+  const auto cd = ct.dimensions();
+  const auto wd = win.dimensions();
+  if (cd.size() != 4 || wd.size() != 4 || !std::equal(cd.begin(), cd.end(), wd.begin()) ||
+      db->dimensions().size() != 1 ||
+      db->dimensions()[0] != cd[3]) {
+    return ffi::Error::InvalidArgument(
+        "conv_relu_pool: wants ct and winners [N, Ho, Wo, C], db [C]");
+  }
+  const int64_t c = cd[3], positions = cd[0] * cd[1] * cd[2];
+  const float* cs = ct.typed_data();
+  const int8_t* ws = win.typed_data();
+  float* out = db->typed_data();
+  std::fill(out, out + c, 0.0f);
+  for (int64_t p = 0; p < positions; ++p)
+    for (int64_t l = 0; l < c; ++l) out[l] += ws[p * c + l] >= 0 ? cs[p * c + l] : 0.0f;
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvReluPoolBiasGrad, BiasGrad,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvReluPoolForward, Forward,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()

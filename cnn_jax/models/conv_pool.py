@@ -11,11 +11,12 @@ holds the first maximum, or -1 where the output is zero (docs/performance.md).
 `conv_relu_pool(x, w, b)` is `max_pool_2x2(relu(conv(x, w) + b))`. Its tangent is, for
 fixed winners, `select(conv(tx, w) + conv(x, tw) + tb)`: the winners' entries. The
 winners' convolution `sel(x, w, win)` is bilinear in (x, w); it and its two transposes
-(`sel_kernel_grad`, the kernel gradient, on the CPU kernel; `sel_input_grad`) are
-primitives that transpose into each other, as oneDNN's convolutions do
-(models/onednn.py), so reverse mode, `jax.jvp` and `jax.hessian` all work. Everything
-but the forward pass and the kernel gradient, other dtypes, `jax.vmap` and other
-platforms run XLA's ops (`_reference_*`).
+(`kernel_grad`, on the CPU kernel, and `input_grad`) are primitives that transpose
+into each other, as oneDNN's convolutions do (models/onednn.py), and so are the
+bias's `bias_sel` and `bias_grad` (on the CPU kernel), so reverse mode, `jax.jvp` and
+`jax.hessian` all work. Everything but the forward pass and the kernel and bias
+gradients, other dtypes, `jax.vmap` and other platforms run XLA's ops
+(`_reference_*`).
 """
 
 import functools
@@ -74,6 +75,14 @@ def _reference_input_grad(ct, w, win, *, shape):
                               jax.ShapeDtypeStruct(shape, ct.dtype))(ct)[0]
 
 
+def _reference_bias_sel(tb, win):
+  return jnp.where(win >= 0, tb, jnp.zeros((), tb.dtype))
+
+
+def _reference_bias_grad(ct, win):
+  return jnp.sum(_reference_bias_sel(ct, win), axis=(0, 1, 2))
+
+
 def _fast_applies(*arrays) -> bool:
   return all(a.dtype == jnp.float32 for a in arrays) and onednn.available()
 
@@ -107,6 +116,14 @@ def _abstract(reference):
   return rule
 
 
+def _cpu_bias_grad(ct, win):
+  if not _fast_applies(ct):
+    return _reference_bias_grad(ct, win)
+  call = jax.ffi.ffi_call("cnn_jax_conv_relu_pool_bias_grad",
+                          jax.ShapeDtypeStruct(ct.shape[3:], ct.dtype))
+  return call(ct, win)
+
+
 def _primitive(name, reference, cpu=None, multiple_results=False):
   p = jex_core.Primitive(f"conv_relu_pool_{name}")
   p.multiple_results = multiple_results
@@ -131,6 +148,8 @@ fwd_p = _primitive("fwd", _reference_fwd, _cpu_fwd, multiple_results=True)
 sel_p = _primitive("sel", _reference_sel)
 kernel_grad_p = _primitive("kernel_grad", _reference_kernel_grad, _cpu_kernel_grad)
 input_grad_p = _primitive("input_grad", _reference_input_grad)
+bias_sel_p = _primitive("bias_sel", _reference_bias_sel)
+bias_grad_p = _primitive("bias_grad", _reference_bias_grad, _cpu_bias_grad)
 
 
 def _sel(x, w, win):
@@ -171,6 +190,23 @@ _bilinear(input_grad_p, lambda xbar, w, win, shape: _sel(xbar, w, win),
           lambda xbar, c, win, shape: _kernel_grad(xbar, c, win, shape))
 
 
+def _linear(p, transpose_rule):
+  """`p(a, win)`, linear in `a` for fixed winners: its tangent and transpose."""
+  ad.defjvp(p, lambda t, a, win: p.bind(t, win), None)
+
+  def transpose(ct, a, win):
+    if type(ct) is ad.Zero:
+      return [ad.Zero(a.aval.to_ct_aval()), None]
+    return [transpose_rule(ct, win), None]
+
+  ad.primitive_transposes[p] = transpose
+
+
+# <bias_sel(tb), c> = <tb, bias_grad(c)>.
+_linear(bias_sel_p, bias_grad_p.bind)
+_linear(bias_grad_p, bias_sel_p.bind)
+
+
 def _fwd_jvp(primals, tangents):
   x, w, b = primals
   tx, tw, tb = tangents
@@ -181,7 +217,7 @@ def _fwd_jvp(primals, tangents):
   if type(tw) is not ad.Zero:
     terms.append(_sel(x, tw, win))
   if type(tb) is not ad.Zero:
-    terms.append(jnp.where(win >= 0, tb, jnp.zeros((), tb.dtype)))
+    terms.append(bias_sel_p.bind(tb, win))
   ty = sum(terms) if terms else ad.Zero(y.aval.to_tangent_aval())
   return [y, win], [ty, ad.Zero(win.aval.to_tangent_aval())]
 

@@ -55,7 +55,8 @@ _TARGETS = {"cnn_jax_onednn_fwd": "OnednnConvForward",
             "cnn_jax_onednn_bwd_data": "OnednnConvBackwardData",
             "cnn_jax_onednn_bwd_weights": "OnednnConvBackwardWeights",
             "cnn_jax_conv_relu_pool_fwd": "ConvReluPoolForward",
-            "cnn_jax_conv_relu_pool_kernel_grad": "ConvReluPoolKernelGrad"}
+            "cnn_jax_conv_relu_pool_kernel_grad": "ConvReluPoolKernelGrad",
+            "cnn_jax_conv_relu_pool_bias_grad": "ConvReluPoolBiasGrad"}
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
 
