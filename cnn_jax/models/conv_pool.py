@@ -106,6 +106,14 @@ def _cpu_kernel_grad(x, ct, win, *, shape):
   return call(x, win, ct)
 
 
+def _cpu_bias_grad(ct, win):
+  if not _fast_applies(ct):
+    return _reference_bias_grad(ct, win)
+  call = jax.ffi.ffi_call("cnn_jax_conv_relu_pool_bias_grad",
+                          jax.ShapeDtypeStruct(ct.shape[3:], ct.dtype))
+  return call(ct, win)
+
+
 def _abstract(reference):
   """`reference`'s output avals, for `def_abstract_eval`."""
   def rule(*avals, **params):
@@ -114,14 +122,6 @@ def _abstract(reference):
     as_aval = lambda s: jax.core.ShapedArray(s.shape, s.dtype)
     return [as_aval(s) for s in out] if isinstance(out, list) else as_aval(out)
   return rule
-
-
-def _cpu_bias_grad(ct, win):
-  if not _fast_applies(ct):
-    return _reference_bias_grad(ct, win)
-  call = jax.ffi.ffi_call("cnn_jax_conv_relu_pool_bias_grad",
-                          jax.ShapeDtypeStruct(ct.shape[3:], ct.dtype))
-  return call(ct, win)
 
 
 def _primitive(name, reference, cpu=None, multiple_results=False):
