@@ -65,7 +65,8 @@ def test_ties_and_the_relu_route_the_gradient_as_xla_does():
   b = jnp.array([1.0, -1.0, 0.0, 9.0])
   loss = lambda f: lambda x, w, b: jnp.sum(f(x, w, b) * jnp.arange(1.0, 5.0))
   _close(conv_pool.conv_relu_pool(x, w, b), _layered(x, w, b), 0)
-  for got, want in zip(jax.jit(jax.grad(loss(conv_pool.conv_relu_pool), (0, 1, 2)))(x, w, b),
+  fused_grad = jax.jit(jax.grad(loss(conv_pool.conv_relu_pool), (0, 1, 2)))
+  for got, want in zip(fused_grad(x, w, b),
                        jax.grad(loss(_layered), (0, 1, 2))(x, w, b)):
     np.testing.assert_array_equal(got, want)
   assert float(jnp.abs(jax.grad(loss(_layered), 1)(x, w, b)).max()) > 0  # Not vacuous.
@@ -105,7 +106,8 @@ def test_transposes_are_adjoint():
   bias_inner = float(jnp.vdot(jax.jit(conv_pool.bias_sel_p.bind)(tb, win), c))
   assert abs(bias_inner) > 1
   np.testing.assert_allclose(
-      float(jnp.vdot(tb, jax.jit(conv_pool.bias_grad_p.bind)(c, win))), bias_inner, rtol=1e-5)
+      float(jnp.vdot(tb, jax.jit(conv_pool.bias_grad_p.bind)(c, win))), bias_inner,
+      rtol=1e-5)
 
 
 def test_the_kernel_gradient_is_the_same_every_time():
@@ -141,7 +143,8 @@ def test_the_layer_is_a_conv_relu_and_pool_with_a_convs_parameters():
 
 def test_the_tutorial_cnns_training_step_uses_the_kernel():
   model = models.build_model("seed_cnn", 10)
-  state = train.create_train_state(model, jax.random.key(0), (28, 28, 1), optax.adam(1e-3))
+  state = train.create_train_state(model, jax.random.key(0), (28, 28, 1),
+                                   optax.adam(1e-3))
   batch = {"image": jnp.zeros((8, 28, 28, 1)), "label": jnp.zeros((8,), jnp.int32)}
   assert _custom_calls(train.train_step, state, batch) == {
       "fwd": 1, "kernel_grad": 1, "bias_grad": 1}

@@ -58,7 +58,8 @@ def _reference_fwd(x, w, b):
     more = v > best
     best, idx = jnp.where(more, v, best), jnp.where(more, jnp.int8(p), idx)
   on = best > 0
-  return [jnp.where(on, best, jnp.zeros((), best.dtype)), jnp.where(on, idx, jnp.int8(-1))]
+  return [jnp.where(on, best, jnp.zeros((), best.dtype)),
+          jnp.where(on, idx, jnp.int8(-1))]
 
 
 def _reference_sel(x, w, win):
@@ -83,12 +84,15 @@ def _reference_bias_grad(ct, win):
   return jnp.sum(_reference_bias_sel(ct, win), axis=(0, 1, 2))
 
 
-def _fast_applies(*arrays) -> bool:
-  return all(a.dtype == jnp.float32 for a in arrays) and onednn.available()
+def kernel_applies(x, kernel_shape, *arrays) -> bool:
+  """Whether the CPU kernel computes this: x [N, H, W, 1], a [3, 3, 1, C] kernel, x and
+  `arrays` float32, and the extension built (`onednn.available()`)."""
+  return (x.ndim == 4 and x.shape[-1] == 1 and tuple(kernel_shape[:3]) == (3, 3, 1)
+          and all(a.dtype == jnp.float32 for a in (x, *arrays)) and onednn.available())
 
 
 def _cpu_fwd(x, w, b):
-  if not (_fast_applies(x, w, b) and w.shape[:3] == (3, 3, 1)):
+  if not kernel_applies(x, w.shape, w, b):
     return _reference_fwd(x, w, b)
   n, h, wd, _ = x.shape
   shape = (n, (h - 2) // 2, (wd - 2) // 2, w.shape[3])
@@ -99,7 +103,7 @@ def _cpu_fwd(x, w, b):
 
 
 def _cpu_kernel_grad(x, ct, win, *, shape):
-  if not (_fast_applies(x, ct) and tuple(shape[:3]) == (3, 3, 1)):
+  if not kernel_applies(x, shape, ct):
     return _reference_kernel_grad(x, ct, win, shape=shape)
   call = jax.ffi.ffi_call("cnn_jax_conv_relu_pool_kernel_grad",
                           jax.ShapeDtypeStruct(shape, ct.dtype))
@@ -107,7 +111,7 @@ def _cpu_kernel_grad(x, ct, win, *, shape):
 
 
 def _cpu_bias_grad(ct, win):
-  if not _fast_applies(ct):
+  if not (ct.dtype == jnp.float32 and onednn.available()):
     return _reference_bias_grad(ct, win)
   call = jax.ffi.ffi_call("cnn_jax_conv_relu_pool_bias_grad",
                           jax.ShapeDtypeStruct(ct.shape[3:], ct.dtype))

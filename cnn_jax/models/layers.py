@@ -348,9 +348,8 @@ def conv_relu_max_pool(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.
     return max_pool_2x2(nn.relu(y + bias))
 
   # On a GPU or TPU machine the CPU branch is traced but never run: nothing to build.
-  if (x.ndim == 4 and x.shape[-1] == 1 and kernel.shape[:3] == (3, 3, 1)
-      and x.dtype == kernel.dtype == bias.dtype == jnp.float32
-      and jax.default_backend() == "cpu" and onednn.available()):
+  if (jax.default_backend() == "cpu"
+      and conv_pool.kernel_applies(x, kernel.shape, kernel, bias)):
     return lax.platform_dependent(x, kernel, bias, cpu=conv_pool.conv_relu_pool,
                                   default=layered)
   return layered(x, kernel, bias)

@@ -66,27 +66,19 @@ def _prefix_dirs() -> tuple[pathlib.Path, pathlib.Path]:
   return data / "include", data / "lib"
 
 
-def _cpu_flags() -> str:
-  """The CPU's instruction sets (/proc/cpuinfo's flags): the extension is compiled for
-  the machine it runs on (-march=native), so a cache shared by machines of other kinds
-  keeps one build for each."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      return next((line for line in f if line.startswith("flags")), "")
-  except OSError:
-    return ""
-
-
 def _library_path() -> pathlib.Path:
   """The compiled extension's path, named for everything it is built from."""
   include, lib = _prefix_dirs()
   key = hashlib.sha256()
   for source in SOURCES:
     key.update(source.read_bytes())
+  # host_tag(): the CPU's model and flags, since it is compiled with -march=native (a
+  # cache shared by machines of other kinds keeps one build for each).
   for part in (importlib.metadata.version("jaxlib"), str(include), str(lib),
-               sys.executable, _cpu_flags()):
+               sys.executable, compile_cache.host_tag()):
     key.update(part.encode())
-  return pathlib.Path(compile_cache.cache_root()) / "ext" / f"cpu_kernels-{key.hexdigest()[:16]}.so"
+  name = f"cpu_kernels-{key.hexdigest()[:16]}.so"
+  return pathlib.Path(compile_cache.cache_root()) / "ext" / name
 
 
 def build() -> pathlib.Path:
@@ -111,8 +103,8 @@ def build() -> pathlib.Path:
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
   os.close(fd)
   command = [compiler, "-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared",
-             "-fPIC", "-w", *map(str, SOURCES), "-o", tmp, f"-I{jax.ffi.include_dir()}", f"-I{include}", f"-L{lib}",
-             "-ldnnl", f"-Wl,-rpath,{lib}"]
+             "-fPIC", "-w", *map(str, SOURCES), "-o", tmp, f"-I{jax.ffi.include_dir()}",
+             f"-I{include}", f"-L{lib}", "-ldnnl", f"-Wl,-rpath,{lib}"]
   done = subprocess.run(command, capture_output=True, text=True)
   if done.returncode != 0:
     os.unlink(tmp)
