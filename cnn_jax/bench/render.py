@@ -4,6 +4,8 @@
 from cnn_jax.bench import plan
 
 MODEL_NAMES = {"seed_cnn": "tutorial CNN", "vgg_bn": "VGG-BN", "resnet20": "ResNet-20"}
+# The header's word on the vector width (the machine record's "avx512": unknown is None).
+_AVX512 = {True: ", AVX-512", False: ", no AVX-512"}
 
 
 def _n(value: float) -> str:
@@ -48,7 +50,7 @@ def header(results: dict) -> list[str]:
                 f"Keras {cell['keras']['keras']}"]
   return [
       f"Run of {results['date']} on {m['cpu']}, {m['cores']} cores"
-      f"{', AVX-512' if m.get('avx512') else ''}, Python {m['python']}"
+      f"{_AVX512.get(m.get('avx512'), '')}, Python {m['python']}"
       + (", " + ", ".join(versions) if versions else "") + f"; {results['total_sec'] / 60:.1f} min.",
       _method(s) + " The ratio that counts is each side's best steady measurement (for "
       "Keras, over its repetitions and its tuning measurement too): a disturbed "
