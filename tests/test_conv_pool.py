@@ -14,8 +14,8 @@ from cnn_jax.models import conv_pool, layers, onednn
 from tests.test_onednn import _built, _close  # pylint: disable=unused-import
 
 # (input shape, output channels): the tutorial's layer, a channel count that is not a
-# whole number of 16-channel blocks, and odd sizes whose last row and column the pool
-# drops.
+# whole number of vector blocks (8 or 16 channels: AVX2 or AVX-512), and odd sizes whose
+# last row and column the pool drops.
 CASES = [((4, 28, 28, 1), 32), ((3, 12, 12, 1), 33), ((2, 11, 10, 1), 5)]
 
 
