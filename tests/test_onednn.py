@@ -15,7 +15,10 @@ from cnn_jax.models import onednn
 CASES = [
     ((2, 9, 9, 3), (3, 3, 3, 5), (1, 1), ((1, 1), (1, 1))),
     ((2, 10, 10, 4), (3, 3, 4, 6), (2, 2), ((1, 1), (1, 1))),  # Downsampling.
-    ((3, 8, 8, 5), (1, 1, 5, 7), (2, 2), ((0, 0), (0, 0))),  # Projection shortcut.
+    # Projection shortcut, with fewer than 8 input channels: oneDNN's own strided 1x1
+    # kernel gradient wrote past its scratchpad here on AVX2 (models/onednn.py).
+    ((3, 8, 8, 5), (1, 1, 5, 7), (2, 2), ((0, 0), (0, 0))),
+    ((2, 9, 7, 3), (1, 1, 3, 4), (3, 2), ((1, 0), (0, 1))),  # Strided 1x1, padded.
     ((1, 11, 9, 2), (3, 2, 2, 3), (3, 2), ((0, 1), (2, 0))),  # Uneven everything.
 ]
 

@@ -184,14 +184,47 @@ def _reference(name, a, b, *, strides, padding, shape):
                               jax.ShapeDtypeStruct(shape, dy.dtype))(dy)[0]
 
 
-def _oned(name, a, b, *, strides, padding, shape):
-  """The primitive `name` by oneDNN (float32, when `available()`; else `_reference`)."""
-  if a.dtype != jnp.float32 or b.dtype != jnp.float32 or not available():
-    return _reference(name, a, b, strides=strides, padding=padding, shape=shape)
+def _ffi(name, a, b, strides, padding, shape):
   (pt, pb), (pl, pr) = padding
   call = jax.ffi.ffi_call(f"cnn_jax_onednn_{name}", jax.ShapeDtypeStruct(shape, a.dtype))
   return call(a, b, sh=np.int64(strides[0]), sw=np.int64(strides[1]), pt=np.int64(pt),
               pl=np.int64(pl), pb=np.int64(pb), pr=np.int64(pr))
+
+
+def _strided_1x1(name, a, b, strides, padding, shape):
+  """A strided 1x1 primitive as the unit-stride one on the pixels the kernel reads.
+
+  oneDNN 3.2 runs a strided 1x1 convolution's gradients by first copying those pixels
+  into its scratchpad ("reduce to unit stride"). With fewer than 8 input channels on
+  AVX2 that copy writes past the scratchpad: heap corruption, or a wrong kernel
+  gradient (tests/test_onednn.py). The same copy here, in XLA, is one strided slice.
+  """
+  x_shape = shape if name == "bwd_data" else a.shape
+  y_shape = {"fwd": shape, "bwd_data": a.shape, "bwd_weights": b.shape}[name]
+  n, h, w, ci = x_shape
+  _, ho, wo, _ = y_shape
+  (sh, sw), ((pt, pb), (pl, pr)) = strides, padding
+  zero = np.zeros((), a.dtype)
+  unit = (1, 1), ((0, 0), (0, 0))
+  if name == "bwd_data":
+    dx = _ffi(name, a, b, *unit, (n, ho, wo, ci))
+    # The slice's transpose: each row and column back where it was read, zeros between.
+    return lax.pad(dx, zero, ((0, 0, 0), (-pt, h + pt - (ho - 1) * sh - 1, sh - 1),
+                              (-pl, w + pl - (wo - 1) * sw - 1, sw - 1), (0, 0, 0)))
+  x = lax.pad(a, zero, ((0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)))
+  x = lax.slice(x, (0, 0, 0, 0), (n, (ho - 1) * sh + 1, (wo - 1) * sw + 1, ci),
+                (1, sh, sw, 1))
+  return _ffi(name, x, b, *unit, shape)
+
+
+def _oned(name, a, b, *, strides, padding, shape):
+  """The primitive `name` by oneDNN (float32, when `available()`; else `_reference`)."""
+  if a.dtype != jnp.float32 or b.dtype != jnp.float32 or not available():
+    return _reference(name, a, b, strides=strides, padding=padding, shape=shape)
+  kernel = shape if name == "bwd_weights" else b.shape
+  if tuple(kernel[:2]) == (1, 1) and tuple(strides) != (1, 1):
+    return _strided_1x1(name, a, b, strides, padding, shape)
+  return _ffi(name, a, b, strides, padding, shape)
 
 
 def _primitive(name):
