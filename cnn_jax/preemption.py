@@ -60,19 +60,36 @@ def stop_on_signals(signums=(signal.SIGTERM, signal.SIGINT)):
   """Yields a StopRequest that SIGTERM/SIGINT set instead of killing the process.
 
   A second signal is absorbed, so the save is never cut short; a third exits at once
-  (status 130), without saving, for a run that must stop now. Outside the main thread (where Python cannot install handlers) it yields a request
-  that is never set.
+  (status 130), without saving, for a run that must stop now. Outside the main thread
+  (where Python cannot install handlers) it yields a request that is never set.
+
+  The request names the signal that arrived first. Python runs the handlers of signals
+  that arrived together (while the main thread was in XLA, say) by signal number, so
+  SIGINT's before SIGTERM's; the order of arrival comes from the wakeup fd, to which
+  the C-level handler writes each signal's number as it arrives.
   """
   request = StopRequest()
   if threading.current_thread() is not threading.main_thread():
     yield request
     return
 
+  arrivals, wakeup = os.pipe()
+  for fd in arrivals, wakeup:
+    os.set_blocking(fd, False)
+
+  def first_arrived(signum):
+    try:
+      arrived = os.read(arrivals, 256)
+    except BlockingIOError:  # Nothing written: another wakeup fd was set meanwhile.
+      arrived = b""
+    return next((s for s in arrived if s in signums), signum)
+
   def handler(signum, frame):
     del frame
     request.count += 1
+    first = first_arrived(signum)  # Drains the pipe on every signal.
     if request.signum is None:
-      request.signum = signum
+      request.signum = signum = first
       print(f"\n{signal.Signals(signum).name}: finishing the current steps, then saving "
             "a checkpoint and stopping (a third signal stops at once, without saving)",
             flush=True)
@@ -83,8 +100,12 @@ def stop_on_signals(signums=(signal.SIGTERM, signal.SIGINT)):
       os._exit(FORCED_EXIT_CODE)
 
   previous = {s: signal.signal(s, handler) for s in signums}
+  previous_wakeup = signal.set_wakeup_fd(wakeup, warn_on_full_buffer=False)
   try:
     yield request
   finally:
+    signal.set_wakeup_fd(previous_wakeup)
     for s, h in previous.items():
       signal.signal(s, h)
+    os.close(arrivals)
+    os.close(wakeup)

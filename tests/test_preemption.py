@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -47,6 +48,26 @@ def test_a_second_signal_during_a_save_is_absorbed(seed_config, tmp_path, monkey
   ckpts = checkpoint.Checkpoints(str(tmp_path / "run" / run.CHECKPOINT_DIR))
   assert ckpts.all_steps() == [50, 75]  # Both saves complete.
   ckpts.close()
+
+
+def test_signals_that_arrive_together_name_the_first():
+  both = {signal.SIGTERM, signal.SIGINT}
+  with preemption.stop_on_signals() as request:
+
+    def send():  # From a thread that takes both, while the main thread blocks them.
+      signal.pthread_sigmask(signal.SIG_UNBLOCK, both)
+      os.kill(os.getpid(), signal.SIGTERM)
+      os.kill(os.getpid(), signal.SIGINT)
+
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, both)
+    try:
+      sender = threading.Thread(target=send)
+      sender.start()
+      sender.join()  # Both arrived; Python runs their handlers now, SIGINT's first.
+    finally:
+      signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    assert request.count == 2
+    assert request.signum == signal.SIGTERM
 
 
 THIRD_SIGNAL = """
