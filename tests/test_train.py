@@ -25,6 +25,29 @@ def make_state(seed=0, lr=1e-3, tx=None):
                                   tx or optax.adam(lr))
 
 
+@pytest.mark.parametrize("name,kwargs,shape", [
+    ("vgg_bn", dict(widths=(4, 8), hidden=16), (28, 28, 1)),  # Dropout too.
+    ("resnet20", dict(depth=8, width=4), (8, 8, 3))])
+def test_initial_variables_are_the_bits_of_the_plain_threefry_draw(name, kwargs, shape):
+  # create_train_state draws through threefry on flat shapes (XLA:CPU compiles those
+  # faster): the same bits as flax's own draw with the key as it is.
+  model = models.build_model(name, 10, **kwargs)
+  key = jax.random.key(7)
+  state = jax.jit(lambda k: train.create_train_state(model, k, shape, optax.adam(1e-3)))(key)
+  init_key, run_key = jax.random.split(key)
+  plain = jax.jit(lambda k: model.init({"params": k, "dropout": k}, jnp.zeros((1, *shape)),
+                                       train=False))(init_key)
+  leaves = lambda tree: jax.tree_util.tree_leaves_with_path(tree)
+  assert len(leaves(state.params)) == len(leaves(plain["params"])) > 4
+  for (path, a), (_, b) in zip(leaves((state.params, state.batch_stats)),
+                               leaves((plain["params"], plain["batch_stats"]))):
+    assert a.shape == b.shape and np.array_equal(a, b), jax.tree_util.keystr(path)
+  # The run's key stays a plain threefry key: checkpoints and resumes see no change.
+  assert jax.random.key_impl(state.key) == jax.random.key_impl(key)
+  np.testing.assert_array_equal(jax.random.key_data(state.key),
+                                jax.random.key_data(run_key))
+
+
 def fixed_batch(n=32, seed=0):
   rng = np.random.default_rng(seed)
   return {"image": jnp.asarray(rng.random((n, 28, 28, 1), np.float32)),
