@@ -61,14 +61,20 @@ def _flat_draws(key: jax.Array) -> jax.Array:
   return jax.random.wrap_key_data(jax.random.key_data(key), impl=_FLAT_THREEFRY)
 
 
+def init_variables(model: nn.Module, key: jax.Array, image_shape) -> dict:
+  """`model.init` with `key` for its params and dropout streams, for inputs of
+  `image_shape` (H, W, C): the same variables, drawn flat (`_FLAT_THREEFRY`)."""
+  key = _flat_draws(key)
+  return model.init({"params": key, "dropout": key},
+                    jnp.zeros((1, *image_shape), jnp.float32), train=False)
+
+
 def create_train_state(model: nn.Module, key: jax.Array, image_shape, tx,
                        ema: bool = False) -> TrainState:
   """Initializes `model` for inputs of `image_shape` (H, W, C); with `ema`, the moving
   average of the params starts at the initial params."""
   init_key, run_key = jax.random.split(key)
-  init_key = _flat_draws(init_key)
-  variables = model.init({"params": init_key, "dropout": init_key},
-                         jnp.zeros((1, *image_shape), jnp.float32), train=False)
+  variables = init_variables(model, init_key, image_shape)
   params = variables["params"]
   return TrainState.create(
       apply_fn=model.apply, params=params, tx=tx,
