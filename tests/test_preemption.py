@@ -54,10 +54,12 @@ def test_signals_that_arrive_together_name_the_first():
   both = {signal.SIGTERM, signal.SIGINT}
   with preemption.stop_on_signals() as request:
 
-    def send():  # From a thread that takes both, while the main thread blocks them.
+    def send():  # To a thread that takes both, while the main thread blocks them.
       signal.pthread_sigmask(signal.SIG_UNBLOCK, both)
-      os.kill(os.getpid(), signal.SIGTERM)
-      os.kill(os.getpid(), signal.SIGINT)
+      # To this thread itself, so that each arrives before the call returns (sent to
+      # the process, another thread could take SIGTERM, and take it later).
+      signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+      signal.pthread_kill(threading.get_ident(), signal.SIGINT)
 
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, both)
     try:
