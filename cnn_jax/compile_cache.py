@@ -4,10 +4,10 @@ A run compiles about a dozen programs (initialisation, the training chunk and it
 last shorter chunk, evaluation, the FLOP count): 3.5 s of a one-epoch tutorial run
 on a 2-core CPU, a third of it `create_train_state`, whose random initialisers
 XLA:CPU compiles slowly (less so since train.py draws them flat: 2.5 -> 1.5 s for the
-tutorial CNN on another CPU). With the cache, a run whose programs were compiled
-before loads them instead. JAX keys each entry by the program, its shapes and shardings, the XLA
-flags, the backend and the JAX version, so a cached program is the one a compilation
-would give.
+tutorial CNN on a 2-core AVX2 CPU). With the cache, a run whose programs were
+compiled before loads them instead. JAX keys each entry by the program, its shapes
+and shardings, the XLA flags, the backend and the JAX version, so a cached program
+is the one a compilation would give.
 
 The cache is set through JAX's own environment variables, and a value already there
 wins: JAX_COMPILATION_CACHE_DIR names the directory (empty turns the cache off), and
