@@ -57,7 +57,7 @@ def default_dir(environ=None) -> str:
 
 def set_default_env(environ=None) -> str | None:
   """Sets JAX's cache variables in `environ` (default `os.environ`) where unset, as
-  `xla_flags.set_default_flags` does XLA's: before JAX is imported, which reads them
+  `cpu.flags.set_default_flags` does XLA's: before JAX is imported, which reads them
   then (child processes inherit them). The directory in use, or None where the
   environment turned the cache off."""
   environ = os.environ if environ is None else environ

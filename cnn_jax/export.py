@@ -8,9 +8,9 @@ class probabilities [batch, classes], normalisation inside, weights baked in.
 - savedmodel: `jax2tf` in a `tf.Module` saved to DIR (TensorFlow needed here and to
   load it: `tf.saved_model.load(DIR).serve(images)`).
 
-Both write DIR/labels.json: class names, input shape and dtype. Both are traced
-without this machine's CPU extension (models/onednn.py: oneDNN's convolutions, the
-fused first layer), whose custom calls no other process could run: XLA's ops only.
+Both write DIR/labels.json: class names, input shape and dtype. Both hold XLA's ops
+only: the CPU backend (cnn_jax/cpu), whose custom calls no other process could run,
+lowers nothing for `jax.export`.
 """
 
 import json
@@ -21,7 +21,6 @@ import numpy as np
 
 from cnn_jax import inference
 from cnn_jax.errors import ConfigError
-from cnn_jax.models import onednn
 
 FORMATS = ("stablehlo", "savedmodel")
 STABLEHLO_FILE = "model.stablehlo"
@@ -73,9 +72,8 @@ def export_command(workdir: str, step: str, fmt: str, out_dir: str | None) -> st
     raise ConfigError(f"--out {out_dir} is not empty; give a new or empty directory.")
   predictor = inference.load(workdir, step)
   os.makedirs(out_dir, exist_ok=True)
-  with onednn.disabled():
-    path = (export_stablehlo if fmt == "stablehlo" else export_savedmodel)(predictor,
-                                                                          out_dir)
+  path = (export_stablehlo if fmt == "stablehlo" else export_savedmodel)(predictor,
+                                                                        out_dir)
   with open(os.path.join(out_dir, LABELS_FILE), "w") as f:
     json.dump({"class_names": list(predictor.class_names),
                "input_shape": [None, *predictor.image_shape], "input_dtype": "uint8",

@@ -14,6 +14,7 @@ import numpy as np
 
 from cnn_jax import checkpoint as checkpoint_lib
 from cnn_jax import configs
+from cnn_jax import cpu
 from cnn_jax import data as data_lib
 from cnn_jax import errors
 from cnn_jax import evaluators as evaluators_lib
@@ -238,6 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   workdir = os.path.abspath(workdir)
   configs.check(config, jax.device_count(), jax.process_count())
+  cpu.enable()  # Before anything compiles: CPU programs lower onto its kernels.
   reporter = open_workdir(workdir)
   # Signals become stop requests from here on: a stop during start-up ends the run
   # before training, one during training saves first.

@@ -28,6 +28,7 @@ import numpy as np
 import optax
 from jax import test_util
 
+from cnn_jax import cpu
 from cnn_jax import models
 from cnn_jax import train
 
@@ -275,7 +276,8 @@ def _equal(a, b) -> bool:
 _DEVICE_SCRIPT = r"""
 import json, pickle, sys
 import jax, numpy as np, optax
-from cnn_jax import mesh as mesh_lib, models, testing, train
+from cnn_jax import cpu, mesh as mesh_lib, models, testing, train
+cpu.enable()
 spec, kwargs, shape, num_classes, out = json.loads(sys.argv[1])
 if spec.startswith("pickle:"):
   with open(spec[len("pickle:"):], "rb") as f:
@@ -376,6 +378,7 @@ def check_model(model: str | nn.Module | Callable[..., nn.Module],
   unknown = set(checks) - set(CHECKS)
   if unknown:
     raise ValueError(f"Unknown checks {sorted(unknown)}; known: {', '.join(CHECKS)}.")
+  cpu.enable()  # The model is checked as the runner trains it.
   model_kwargs = dict(model_kwargs or {})
   built = _build(model, num_classes, model_kwargs)
   label = model if isinstance(model, str) else type(built).__name__

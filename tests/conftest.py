@@ -3,7 +3,17 @@
 import os
 import sys
 
+import hypothesis
 import pytest
+
+# Property-based tests (hypothesis): a small example budget in CI, a larger one on
+# demand (HYPOTHESIS_PROFILE=thorough ./run.sh test tests/test_cpu.py). Each example
+# compiles its programs afresh, seconds each, so no deadline.
+hypothesis.settings.register_profile("ci", max_examples=12, deadline=None,
+                                     derandomize=True, print_blob=True)
+hypothesis.settings.register_profile("thorough", max_examples=200, deadline=None,
+                                     print_blob=True)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # experiments/ is imported as a package by config files.

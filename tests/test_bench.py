@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from cnn_jax import xla_flags
+from cnn_jax.cpu import flags as xla_flags
 from cnn_jax.bench import cli, method, plan, profile, render
 
 

@@ -157,9 +157,9 @@ def test_activation_is_a_config_value(name, kwargs, shape):
 
 def test_parts_can_be_objects_as_well_as_names():
   x = jax.random.uniform(jax.random.key(1), (2, 8, 8, 3))
-  by_name = models.build_model("resnet20", 10, act="gelu", conv="xla", **RESNET_SMALL)
+  by_name = models.build_model("resnet20", 10, act="gelu", norm="group", **RESNET_SMALL)
   by_object = models.build_model("resnet20", 10, act=components.ACTIVATIONS["gelu"],
-                                  conv=components.CONVS["xla"], **RESNET_SMALL)
+                                  norm=components.NORMS["group"], **RESNET_SMALL)
   variables = _variables(by_name)
   np.testing.assert_array_equal(by_name.apply(variables, x, train=False),
                                 by_object.apply(variables, x, train=False))
@@ -174,11 +174,21 @@ def test_config_model_kwargs_choose_the_parts():
 
 
 @pytest.mark.parametrize("field,value", [
-    ("norm", "grop"), ("act", "rleu"), ("conv", "cudnn")])
+    ("norm", "grop"), ("act", "rleu")])
 def test_unknown_part_names_list_the_known_ones(field, value):
   model = models.build_model("resnet20", 10, **{field: value}, **RESNET_SMALL)
   with pytest.raises(errors.ConfigError, match=rf"{field}='{value}'.*choose one of"):
     _variables(model)
+
+
+@pytest.mark.parametrize("value", ["fast", "xla"])
+def test_the_removed_conv_part_still_builds_for_old_configs(value):
+  # Runs made before the CPU backend named conv="fast" or "xla": same parameters.
+  old = models.build_model("resnet20", 10, conv=value, **RESNET_SMALL)
+  new = models.build_model("resnet20", 10, **RESNET_SMALL)
+  assert jax.tree.map(jnp.shape, _variables(old)) == jax.tree.map(jnp.shape, _variables(new))
+  with pytest.raises(errors.ConfigError, match="does not take"):
+    models.build_model("resnet20", 10, conv="cudnn", **RESNET_SMALL)
 
 
 def test_resnet_depths_and_shortcuts_are_checked():

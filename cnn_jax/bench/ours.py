@@ -38,15 +38,16 @@ class OurTraining:
   `window()` runs `spec["window_steps"]` steps, a dispatch at a time."""
 
   def __init__(self, spec: dict):
-    from cnn_jax import xla_flags  # pylint: disable=g-import-not-at-top
-    xla_flags.set_default_flags()
+    from cnn_jax.cpu import flags  # pylint: disable=g-import-not-at-top
+    flags.set_default_flags()
     t0 = time.perf_counter()
     import jax  # pylint: disable=g-import-not-at-top
     from cnn_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
     from cnn_jax import models, run  # pylint: disable=g-import-not-at-top
     from cnn_jax.data import in_memory, preprocess  # pylint: disable=g-import-not-at-top
-    from cnn_jax.models import onednn  # pylint: disable=g-import-not-at-top
+    from cnn_jax import cpu  # pylint: disable=g-import-not-at-top
 
+    cpu.enable()
     self.spec, config = spec, bench_config(spec)
     shape = tuple(spec["image_shape"])
     mesh = mesh_lib.make_mesh()
@@ -69,8 +70,8 @@ class OurTraining:
     self.compiled = self.train_chunk.lower(self.state, self.split.arrays, first).compile()
     compile_sec = time.perf_counter() - t1
     counted = self.compiled
-    if onednn.available():  # Its custom calls count no FLOPs: count XLA's program.
-      with onednn.disabled():
+    if cpu.active():  # Its custom calls count no FLOPs: count XLA's program.
+      with cpu.disabled():
         counted = run.compile_train_chunk(
             config, preprocess.scale_to_unit, None, None, mesh_lib.batch_sharding(mesh)
         ).lower(self.state, self.split.arrays, first).compile()
@@ -136,8 +137,8 @@ def matmul_peak(seconds: float = 1.0) -> dict:
   """This CPU's float32 matmul FLOP/s: the best over three square sizes of XLA's dot
   and of NumPy's BLAS (the higher, so the floor is not flattering), the ceiling our
   training steps are compared against."""
-  from cnn_jax import xla_flags  # pylint: disable=g-import-not-at-top
-  xla_flags.set_default_flags()
+  from cnn_jax.cpu import flags  # pylint: disable=g-import-not-at-top
+  flags.set_default_flags()
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   xla_dot = jax.jit(lambda x, y: x @ y)

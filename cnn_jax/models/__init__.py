@@ -116,13 +116,30 @@ def build_model(name: str, num_classes: int, dtype: str = "float32",
   """Returns the model `name` (see `resolve_model`) with `num_classes` output logits,
   computing in `dtype` (a DTYPES name, config.dtype).
 
-  `kwargs` (config.model_kwargs) are its constructor's fields; parts such as `conv`,
-  `norm` and `act` may be names (models/components.py).
+  `kwargs` (config.model_kwargs) are its constructor's fields; parts such as `norm`
+  and `act` may be names (models/components.py).
   """
+  kwargs = drop_legacy_kwargs(name, kwargs)
   constructor = check_model(name, kwargs, dtype)
   if dtype != "float32":
     kwargs = {**kwargs, "dtype": DTYPES[dtype]}
   return constructor(num_classes=num_classes, **kwargs)
+
+
+# The zoo's `conv` part ("fast": the zoo's own CPU layer classes, "xla": nn.Conv) is
+# gone: every model uses nn.Conv, and the CPU backend (cnn_jax/cpu) makes it fast.
+# Configs and runs that name it still build, with the same parameters.
+LEGACY_KWARGS = {"conv": ("fast", "xla")}
+
+
+def drop_legacy_kwargs(name: str, kwargs: dict) -> dict:
+  """`kwargs` without the zoo's legacy parts (LEGACY_KWARGS) where model `name` of the
+  zoo no longer takes them."""
+  if name not in MODELS:
+    return kwargs
+  fields = _fields(MODELS[name]) or set()
+  return {k: v for k, v in kwargs.items()
+          if not (k in LEGACY_KWARGS and k not in fields and v in LEGACY_KWARGS[k])}
 
 
 def check_model(name: str, kwargs: dict,

@@ -1,8 +1,8 @@
-"""The interchangeable parts the zoo's networks are built from: convolution,
-normalisation, activation and pooling, one registry dict per kind.
+"""The interchangeable parts the zoo's networks are built from: normalisation,
+activation and pooling, one registry dict per kind.
 
 Blocks take the parts they use as attributes, as flax's ImageNet example passes
-`conv`, `norm` and `act`, so GroupNorm instead of BatchNorm, another activation or no
+`norm` and `act`, so GroupNorm instead of BatchNorm, another activation or no
 normalisation at all is a config value, not a code edit:
 
   config.model_kwargs = dict(norm="group", act="gelu")
@@ -19,18 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax import errors
-from cnn_jax.models import layers
 
 ModuleDef = Any
-
-# Module classes called as conv(features, kernel_size, strides=..., padding=...,
-# use_bias=...). "fast" is XLA's op, and on CPU a formulation that stays fast inside
-# lax.scan (models/layers.py); "xla" is XLA's op everywhere. Same parameters.
-CONVS: dict[str, ModuleDef] = {
-    "fast": layers.Conv,
-    "xla": nn.Conv,
-}
-
 
 class GroupNorm(nn.Module):
   """GroupNorm (Wu & He, 2018) with `groups` groups or, where the channels do not
@@ -79,14 +69,18 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
-def _avg_pool_2x2(x: jax.Array) -> jax.Array:
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+
+def avg_pool_2x2(x: jax.Array) -> jax.Array:
   return nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
 
 
 # 2x2/2 VALID pooling functions of [N, H, W, C] activations.
 POOLS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "max": layers.max_pool_2x2,
-    "avg": _avg_pool_2x2,
+    "max": max_pool_2x2,
+    "avg": avg_pool_2x2,
 }
 
 
@@ -100,12 +94,6 @@ def lookup(registry: dict, value: Any, field: str, what: str) -> Any:
         f"model_kwargs {field}={value!r} is not a known {what}; choose one of "
         f"{', '.join(sorted(registry))} (cnn_jax/models/components.py).")
   return registry[value]
-
-
-def conv(value: str | ModuleDef, dtype: Any = None) -> ModuleDef:
-  """The convolution module class named `value` in CONVS (or `value` itself), computing
-  in `dtype` (None: that of its inputs and parameters); its parameters stay float32."""
-  return functools.partial(lookup(CONVS, value, "conv", "convolution"), dtype=dtype)
 
 
 def norm(value: str | Callable, train: bool, momentum: float = 0.9,
@@ -122,11 +110,17 @@ def act(value: str | Callable) -> Callable[[jax.Array], jax.Array]:
   return lookup(ACTIVATIONS, value, "act", "activation")
 
 
+def conv(dtype: Any = None) -> ModuleDef:
+  """`nn.Conv` computing in `dtype` (None: that of its inputs and parameters); its
+  parameters stay float32."""
+  return functools.partial(nn.Conv, dtype=dtype)
+
+
 def parts(model, train: bool) -> tuple[ModuleDef, ModuleDef, Callable]:
-  """(conv, norm, act) of a network with `conv`, `norm`, `act`, `bn_momentum` and
-  `dtype` fields, resolved for training (`train`) or evaluation."""
-  return (conv(model.conv, model.dtype),
-          norm(model.norm, train, model.bn_momentum, model.dtype), act(model.act))
+  """(conv, norm, act) of a network with `norm`, `act`, `bn_momentum` and `dtype`
+  fields, resolved for training (`train`) or evaluation."""
+  return (conv(model.dtype), norm(model.norm, train, model.bn_momentum, model.dtype),
+          act(model.act))
 
 
 def pool(value: str | Callable) -> Callable[[jax.Array], jax.Array]:

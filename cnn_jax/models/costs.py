@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.models import onednn
+from cnn_jax import cpu
 
 
 def _count(tree) -> int:
@@ -23,7 +23,7 @@ def summary(model: nn.Module, image_shape: Sequence[int], batch_size: int = 1) -
   CPU, because every JAX has it and its cost analysis counts convolutions: on a GPU
   XLA hands them to cuDNN as custom calls, which its cost analysis leaves out (an H100
   reported 0.65 MFLOPs for ResNet-20's 61 on 28x28 images). For the same reason the
-  program counted uses XLA's convolutions, not oneDNN's (models/onednn.py).
+  program counted is lowered by XLA's own rules, not the CPU backend's (cnn_jax/cpu).
 
   Args:
     model: a linen Module called as `model.apply(variables, images, train=False)`.
@@ -42,7 +42,7 @@ def summary(model: nn.Module, image_shape: Sequence[int], batch_size: int = 1) -
   variables = jax.tree.map(
       lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=cpu), variables)
   apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
-  with onednn.disabled():  # Custom calls count no FLOPs.
+  with cpu.disabled():  # Custom calls count no FLOPs; `apply` is traced afresh.
     cost = apply.lower(variables, images).compile().cost_analysis()
   if isinstance(cost, (list, tuple)):  # Older jax: one dict per program.
     cost = cost[0] if cost else None

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax.models import components, layers
+from cnn_jax.models import components
 
 # The network was designed for 32x32 inputs; LeCun et al. centred MNIST's 28x28
 # digits in a 32x32 field, and so does this model with anything smaller.
@@ -30,13 +30,12 @@ class LeNet5(nn.Module):
   num_classes: int
   act: Any = "tanh"
   pool: Any = "avg"
-  conv: Any = layers.Conv
   dtype: Any = None  # Of activations and computations (config.dtype); None: inputs'.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train  # No dropout or batch statistics in this model.
-    conv, act, pool = (components.conv(self.conv, self.dtype), components.act(self.act),
+    conv, act, pool = (components.conv(self.dtype), components.act(self.act),
                        components.pool(self.pool))
     pad_h, pad_w = (max(0, INPUT_SIZE - size) for size in x.shape[1:3])
     if pad_h or pad_w:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax import errors
-from cnn_jax.models import components, layers
+from cnn_jax.models import components
 
 ModuleDef = Any
 
@@ -113,7 +113,6 @@ class ResNet(nn.Module):
   width: int = 64
   zero_init_residual: bool = True  # As flax's ImageNet example (Goyal et al., 2017).
   bn_momentum: float = 0.9
-  conv: Any = layers.Conv
   norm: Any = "batch"
   act: Any = "relu"
   dtype: Any = None  # Of activations and computations (config.dtype); None: inputs'.
@@ -151,7 +150,6 @@ class CifarResNet(nn.Module):
   width: int = 16
   shortcut: str = "pad"
   bn_momentum: float = 0.9
-  conv: Any = layers.Conv
   norm: Any = "batch"
   act: Any = "relu"
   dtype: Any = None  # Of activations and computations (config.dtype); None: inputs'.

@@ -5,7 +5,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from cnn_jax.models import layers
 
 
 class SeedCNN(nn.Module):
@@ -22,9 +21,8 @@ class SeedCNN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train  # No dropout or batch statistics in this model.
-    # Conv(32, 3x3, VALID) + ReLU + max-pool 2x2, one kernel on the CPU; named as the
-    # Conv it is, for its parameters' names.
-    x = layers.ConvReluMaxPool(self.features, (3, 3), dtype=self.dtype, name="Conv_0")(x)
+    x = nn.relu(nn.Conv(self.features, (3, 3), padding="VALID", dtype=self.dtype)(x))
+    x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype)(x))
     return nn.Dense(self.num_classes, dtype=self.dtype)(x)

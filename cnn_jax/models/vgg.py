@@ -5,7 +5,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 
-from cnn_jax.models import components, layers
+from cnn_jax.models import components
 
 
 class VGGBN(nn.Module):
@@ -17,10 +17,8 @@ class VGGBN(nn.Module):
   For 28x28x1 inputs, 10 classes and the defaults it has 871,082 parameters (plus 896
   BatchNorm statistics) and costs about 19.1M multiply-adds per image forward.
 
-  `conv`, `norm` and `act` are the parts it is built from (models/components.py), by
-  name or as objects: `conv` "fast" (`layers.Conv`: XLA's op, and on CPU a
-  formulation that stays fast inside `lax.scan`) or "xla" (`nn.Conv`), both with the
-  same parameters; `norm` "batch", "group", "layer" or "none"; `act` "relu", "gelu", ...
+  `norm` and `act` are the parts it is built from (models/components.py), by name or
+  as objects: `norm` "batch", "group", "layer" or "none"; `act` "relu", "gelu", ...
   """
 
   num_classes: int
@@ -30,7 +28,6 @@ class VGGBN(nn.Module):
   dropout_rate: float = 0.2
   head_dropout_rate: float = 0.3
   bn_momentum: float = 0.9
-  conv: Any = layers.Conv
   norm: Any = "batch"
   act: Any = "relu"
   dtype: Any = None  # Of activations and computations (config.dtype); None: inputs'.
@@ -42,7 +39,7 @@ class VGGBN(nn.Module):
       for _ in range(self.convs_per_block):
         x = conv(width, (3, 3), padding="SAME", use_bias=False)(x)
         x = act(norm()(x))
-      x = layers.max_pool_2x2(x)
+      x = components.max_pool_2x2(x)
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))
     x = nn.Dense(self.hidden, use_bias=False, dtype=self.dtype)(x)

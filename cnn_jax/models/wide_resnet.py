@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from cnn_jax import errors
-from cnn_jax.models import components, layers
+from cnn_jax.models import components
 
 ModuleDef = Any
 
@@ -54,7 +54,6 @@ class WideResNet(nn.Module):
   widen_factor: int = 10
   dropout_rate: float = 0.0
   bn_momentum: float = 0.9
-  conv: Any = layers.Conv
   norm: Any = "batch"
   act: Any = "relu"
   dtype: Any = None  # Of activations and computations (config.dtype); None: inputs'.

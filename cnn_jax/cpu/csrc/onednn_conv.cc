@@ -1,14 +1,17 @@
-// 2-D convolutions (NHWC x HWIO, float32) and both their gradients by oneDNN, as XLA
-// FFI handlers for XLA:CPU. oneDNN's AVX-512 kernels ran this project's 3x3 layers
-// at 160-210 GFLOP/s where XLA:CPU's own (Eigen) convolutions ran at 110-145
-// (docs/performance.md). Built by cnn_jax/models/onednn.py, which defines the JAX
-// primitives that call these handlers.
+// 2-D convolutions (NHWC activations, float32) and both their gradients by oneDNN,
+// as XLA FFI handlers for XLA:CPU: strides, dilations, padding and groups (depthwise
+// included). oneDNN, the library behind TensorFlow's and PyTorch's CPU convolutions,
+// ran the zoo's 3x3 layers at 160-210 GFLOP/s where XLA:CPU's own (Eigen) ones ran at
+// 110-145 (docs/performance.md). cnn_jax/cpu/conv.py lowers JAX's convolutions onto
+// these handlers.
 //
-// Each handler takes its shapes from its buffers and its strides and padding from
-// attributes; it builds oneDNN's primitive once per shape (cached, under a mutex) and
-// runs it on the caller's buffers, with a scratchpad of its own, so that XLA may run
-// several at once. Activations stay NHWC (oneDNN's NHWC kernels); the kernel goes
-// through oneDNN's preferred layout by a reorder when that differs from HWIO.
+// Each handler takes its shapes from its buffers and its strides, dilations, padding
+// and groups from attributes; it builds oneDNN's primitive once per shape (cached,
+// under a mutex) and runs it on the caller's buffers, with a scratchpad of its own, so
+// that XLA may run several at once. Activations stay NHWC; the kernel is laid out
+// [KH, KW, I/G, G, O/G] (oneDNN's "hwigo": JAX's HWIO kernel of a grouped
+// convolution, reshaped) and goes through oneDNN's preferred layout by a reorder
+// where that differs.
 
 #include <array>
 #include <cstdint>
@@ -30,13 +33,13 @@ namespace {
 
 enum Op : int64_t { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
 
-// op, n, h, w, ci, ho, wo, co, kh, kw, sh, sw, pad top, left, bottom, right.
-using Key = std::array<int64_t, 16>;
+// op, n, h, w, ci, ho, wo, co, kh, kw, sh, sw, dh, dw, pad top, left, bottom, right, g.
+using Key = std::array<int64_t, 19>;
 
 struct Entry {
   dnnl::primitive conv;
   memory::desc src, weights, dst;  // As the primitive wants them.
-  memory::desc user_weights;        // HWIO.
+  memory::desc user_weights;        // hwio, or hwigo with groups.
   memory::desc scratchpad;
 };
 
@@ -64,33 +67,36 @@ std::unordered_map<int, memory> Args(Op op, const memory& src, const memory& w,
 // choice by timing can differ between processes, and with it the low bits of a
 // resumed run (docs/performance.md).
 Entry MakeEntry(const Key& k) {
-  const auto [op, n, h, w, ci, ho, wo, co, kh, kw, sh, sw, pt, pl, pb, pr] = k;
+  const auto [op, n, h, w, ci, ho, wo, co, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, g] = k;
   auto& engine = Engine();
   memory::desc src({n, ci, h, w}, dt::f32, tag::nhwc);
   memory::desc dst({n, co, ho, wo}, dt::f32, tag::nhwc);
-  memory::desc any_weights({co, ci, kh, kw}, dt::f32, tag::any);
-  memory::dims strides{sh, sw}, pad_l{pt, pl}, pad_r{pb, pr};
+  memory::dims wdims = g == 1 ? memory::dims{co, ci, kh, kw}
+                              : memory::dims{g, co / g, ci / g, kh, kw};
+  memory::desc any_weights(wdims, dt::f32, tag::any);
+  // oneDNN counts dilation from 0 (no gaps), JAX from 1.
+  memory::dims strides{sh, sw}, dilates{dh - 1, dw - 1}, pad_l{pt, pl}, pad_r{pb, pr};
   const auto direct = dnnl::algorithm::convolution_direct;
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   auto fwd = dnnl::convolution_forward::primitive_desc(
       engine, dnnl::prop_kind::forward_training, direct, src, any_weights, dst, strides,
-      pad_l, pad_r, attr);
+      dilates, pad_l, pad_r, attr);
   Entry e;
-  e.user_weights = memory::desc({co, ci, kh, kw}, dt::f32, tag::hwio);
+  e.user_weights = memory::desc(wdims, dt::f32, g == 1 ? tag::hwio : tag::hwigo);
   if (op == kForward) {
     e.conv = dnnl::convolution_forward(fwd);
     e.src = fwd.src_desc(), e.weights = fwd.weights_desc(), e.dst = fwd.dst_desc();
     e.scratchpad = fwd.scratchpad_desc();
   } else if (op == kBackwardData) {
     auto pd = dnnl::convolution_backward_data::primitive_desc(
-        engine, direct, src, any_weights, dst, strides, pad_l, pad_r, fwd, attr);
+        engine, direct, src, any_weights, dst, strides, dilates, pad_l, pad_r, fwd, attr);
     e.conv = dnnl::convolution_backward_data(pd);
     e.src = pd.diff_src_desc(), e.weights = pd.weights_desc(), e.dst = pd.diff_dst_desc();
     e.scratchpad = pd.scratchpad_desc();
   } else {
     auto pd = dnnl::convolution_backward_weights::primitive_desc(
-        engine, direct, src, any_weights, dst, strides, pad_l, pad_r, fwd, attr);
+        engine, direct, src, any_weights, dst, strides, dilates, pad_l, pad_r, fwd, attr);
     e.conv = dnnl::convolution_backward_weights(pd);
     e.src = pd.src_desc(), e.weights = pd.diff_weights_desc(), e.dst = pd.diff_dst_desc();
     e.scratchpad = pd.scratchpad_desc();
@@ -107,16 +113,19 @@ const Entry& GetEntry(const Key& k) {
   return *slot;
 }
 
-// Runs `op` with x [n,h,w,ci], weights [kh,kw,ci,co] and y [n,ho,wo,co]; the one that
-// is the output is written.
+struct Params {
+  int64_t sh, sw, dh, dw, pt, pl, pb, pr, g;
+};
+
+// Runs `op` with x [n,h,w,ci], weights [kh,kw,ci/g,(g,)co/g] and y [n,ho,wo,co]; the
+// one that is the output is written.
 ffi::Error Run(Op op, float* x, float* weights, float* y, ffi::Span<const int64_t> xd,
-               ffi::Span<const int64_t> wd, ffi::Span<const int64_t> yd, int64_t sh,
-               int64_t sw, int64_t pt, int64_t pl, int64_t pb, int64_t pr) {
-  if (xd.size() != 4 || wd.size() != 4 || yd.size() != 4) {
-    return ffi::Error::InvalidArgument("onednn_conv: operands must be 4-D");
+               ffi::Span<const int64_t> wd, ffi::Span<const int64_t> yd, const Params& p) {
+  if (xd.size() != 4 || yd.size() != 4 || wd.size() != (p.g == 1 ? 4u : 5u)) {
+    return ffi::Error::InvalidArgument("onednn_conv: unexpected operand ranks");
   }
   Key k{op, xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], wd[0], wd[1],
-        sh, sw, pt, pl, pb, pr};
+        p.sh, p.sw, p.dh, p.dw, p.pt, p.pl, p.pb, p.pr, p.g};
   try {
     const Entry& e = GetEntry(k);
     auto& engine = Engine();
@@ -146,28 +155,33 @@ ffi::Error Run(Op op, float* x, float* weights, float* y, ffi::Span<const int64_
 using F32 = ffi::Buffer<ffi::F32>;
 using F32Out = ffi::ResultBuffer<ffi::F32>;
 
-ffi::Error Forward(F32 x, F32 w, F32Out y, int64_t sh, int64_t sw, int64_t pt,
-                   int64_t pl, int64_t pb, int64_t pr) {
+ffi::Error Forward(F32 x, F32 w, F32Out y, int64_t sh, int64_t sw, int64_t dh,
+                   int64_t dw, int64_t pt, int64_t pl, int64_t pb, int64_t pr, int64_t g) {
   return Run(kForward, x.typed_data(), w.typed_data(), y->typed_data(), x.dimensions(),
-             w.dimensions(), y->dimensions(), sh, sw, pt, pl, pb, pr);
+             w.dimensions(), y->dimensions(), {sh, sw, dh, dw, pt, pl, pb, pr, g});
 }
 
-ffi::Error BackwardData(F32 dy, F32 w, F32Out dx, int64_t sh, int64_t sw, int64_t pt,
-                        int64_t pl, int64_t pb, int64_t pr) {
+ffi::Error BackwardData(F32 dy, F32 w, F32Out dx, int64_t sh, int64_t sw, int64_t dh,
+                        int64_t dw, int64_t pt, int64_t pl, int64_t pb, int64_t pr,
+                        int64_t g) {
   return Run(kBackwardData, dx->typed_data(), w.typed_data(), dy.typed_data(),
-             dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pl, pb, pr);
+             dx->dimensions(), w.dimensions(), dy.dimensions(),
+             {sh, sw, dh, dw, pt, pl, pb, pr, g});
 }
 
-ffi::Error BackwardWeights(F32 x, F32 dy, F32Out dw, int64_t sh, int64_t sw, int64_t pt,
-                           int64_t pl, int64_t pb, int64_t pr) {
-  return Run(kBackwardWeights, x.typed_data(), dw->typed_data(), dy.typed_data(),
-             x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pl, pb, pr);
+ffi::Error BackwardWeights(F32 x, F32 dy, F32Out dw_out, int64_t sh, int64_t sw,
+                           int64_t dh, int64_t dw, int64_t pt, int64_t pl, int64_t pb,
+                           int64_t pr, int64_t g) {
+  return Run(kBackwardWeights, x.typed_data(), dw_out->typed_data(), dy.typed_data(),
+             x.dimensions(), dw_out->dimensions(), dy.dimensions(),
+             {sh, sw, dh, dw, pt, pl, pb, pr, g});
 }
 
 #define CONV_BINDING                                                                 \
   ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>().Attr<int64_t>("sh")              \
-      .Attr<int64_t>("sw").Attr<int64_t>("pt").Attr<int64_t>("pl")                  \
-      .Attr<int64_t>("pb").Attr<int64_t>("pr")
+      .Attr<int64_t>("sw").Attr<int64_t>("dh").Attr<int64_t>("dw")                  \
+      .Attr<int64_t>("pt").Attr<int64_t>("pl").Attr<int64_t>("pb")                  \
+      .Attr<int64_t>("pr").Attr<int64_t>("g")
 
 }  // namespace
 

@@ -7,15 +7,15 @@ in the environment before any JAX computation runs. A flag the user already set 
 import importlib.metadata
 import os
 
-# Measured on XLA:CPU (jax 0.10.2, AMD EPYC with AVX-512): 512-bit vectors speed up the
-# tutorial's fused elementwise conv/ReLU/pool loops. The flag is ignored by GPU/TPU
-# backends, and LLVM does not use wider vectors than the CPU has.
+# Measured on XLA:CPU (jax 0.10.2, AMD EPYC with AVX-512): 512-bit vectors speed up
+# XLA's fused elementwise loops (normalisation, activations). The flag is ignored by
+# GPU/TPU backends, and LLVM does not use wider vectors than the CPU has.
 DEFAULT_FLAGS = ("--xla_cpu_prefer_vector_width=512",)
 
 # Experimental flags, by the jaxlib versions they were measured on: XLA stops at
 # start-up on a flag it does not know, so these are set on those versions only.
-# - Convolutions by XLA:CPU's own (Eigen) kernels instead of YNNPACK's, which are
-#   slower there for our shapes: a 3x3 64->64 convolution's forward and both
+# - Convolutions that the CPU backend leaves to XLA (bfloat16, say) by XLA:CPU's own
+#   (Eigen) kernels instead of YNNPACK's, which are slower there for our shapes: a 3x3 64->64 convolution's forward and both
 #   gradients at batch 128, 28x28, took 315 ms with YNNPACK and 193 ms without, and
 #   VGG-BN trains 15-18% faster (`./run.sh bench` gives the current figures).
 #   Matmuls and reductions stay with YNNPACK.
