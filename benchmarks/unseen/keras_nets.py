@@ -94,23 +94,3 @@ def _convnext_tiny(keras, x, num_classes):
 NETWORKS = {"SmallNet": _small_net, "MobileNetGN": _mobilenet_gn,
             "StemResNet": _stem_resnet, "DilatedNet": _dilated_net,
             "ConvNeXtTiny": _convnext_tiny}
-
-
-def weight_values(layer, params: dict, batch_stats: dict) -> list:
-  """The Flax values, in the order and shapes of `layer.weights`, for a layer named
-  by its Flax path."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  node, stats = params, batch_stats
-  for part in layer.name.split(PATH_SEP):
-    node, stats = node[part], (stats or {}).get(part)
-  kind = layer.__class__.__name__
-  if kind == "BatchNormalization":
-    return [node["scale"], node["bias"], stats["mean"], stats["var"]]
-  if kind in ("GroupNormalization", "LayerNormalization"):
-    return [node["scale"], node["bias"]]
-  if kind == "LayerScale":
-    return [node["gamma"]]
-  kernel = np.asarray(node["kernel"])
-  if kind == "DepthwiseConv2D":  # Flax [KH, KW, 1, C]; Keras [KH, KW, C, 1].
-    kernel = kernel.reshape(*kernel.shape[:2], -1, 1)
-  return [kernel] + ([node["bias"]] if getattr(layer, "use_bias", False) else [])

@@ -221,7 +221,8 @@ def benchmark(cells, reps: int, e2e_reps: int, tolerance: float, max_windows: in
   return results
 
 
-def select_cells(names: str | None, quick: bool, cells=plan.CELLS) -> list[plan.Cell]:
+def select_cells(names: str | None, quick: bool,
+                 cells=plan.CELLS + plan.UNSEEN_CELLS) -> list[plan.Cell]:
   cells = [plan.quick(c) if quick else c for c in cells]
   if not names:
     return cells

@@ -88,6 +88,16 @@ def _resnet20(keras, x, num_classes):
 
 
 NETWORKS = {"seed_cnn": _seed_cnn, "vgg_bn": _vgg_bn, "resnet20": _resnet20}
+# Networks the project has never seen (benchmarks/unseen/), by our side's model name.
+UNSEEN = "benchmarks.unseen.flax_nets"
+
+
+def network(model: str):
+  """The Keras builder of `model`: a NETWORKS key, or an UNSEEN 'module:Class'."""
+  if model.startswith(UNSEEN + ":"):
+    from benchmarks.unseen import keras_nets as unseen  # pylint: disable=g-import-not-at-top
+    return unseen.NETWORKS[model.split(":", 1)[1]]
+  return NETWORKS[model]
 
 
 def build(model: str, image_shape, num_classes: int = 10, steps_per_execution: int = 1,
@@ -97,8 +107,8 @@ def build(model: str, image_shape, num_classes: int = 10, steps_per_execution: i
   are fields of our model that the Keras network takes too (VGG-BN's dropout rates)."""
   _, keras = import_keras()
   inputs = keras.Input(tuple(image_shape))
-  outputs = NETWORKS[model](keras, inputs, num_classes, **model_kwargs)
-  net = keras.Model(inputs, outputs, name=model)
+  outputs = network(model)(keras, inputs, num_classes, **model_kwargs)
+  net = keras.Model(inputs, outputs, name=model.rsplit(":", 1)[-1])
   net.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE),
               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
               metrics=["accuracy"], steps_per_execution=steps_per_execution,
@@ -126,11 +136,19 @@ def copy_weights(net, params: dict, batch_stats: dict | None = None) -> None:
     if not layer.weights:
       continue
     path = layer.name.split(PATH_SEP)
-    if layer.__class__.__name__ == "BatchNormalization":
+    kind = layer.__class__.__name__
+    if kind == "BatchNormalization":
       values = [lookup(params, path, "scale"), lookup(params, path, "bias"),
                 lookup(batch_stats, path, "mean"), lookup(batch_stats, path, "var")]
+    elif kind in ("GroupNormalization", "LayerNormalization"):
+      values = [lookup(params, path, "scale"), lookup(params, path, "bias")]
+    elif kind == "LayerScale":
+      values = [lookup(params, path, "gamma")]
     else:
-      values = [lookup(params, path, "kernel")]
+      kernel = np.asarray(lookup(params, path, "kernel"))
+      if kind == "DepthwiseConv2D":  # Flax [KH, KW, 1, C]; Keras [KH, KW, C, 1].
+        kernel = kernel.reshape(*kernel.shape[:2], -1, 1)
+      values = [kernel]
       if getattr(layer, "use_bias", False):
         values.append(lookup(params, path, "bias"))
     for weight, value in zip(layer.weights, values):

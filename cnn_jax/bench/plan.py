@@ -34,7 +34,7 @@ class Cell:
 
   @property
   def name(self) -> str:
-    return f"{self.model}/{self.batch_size}"
+    return f"{self.model.rsplit(':', 1)[-1]}/{self.batch_size}"
 
   @property
   def num_images(self) -> int:
@@ -57,6 +57,13 @@ CELLS = (
          bf16=True),
     Cell("resnet20", 128, (32, 32, 3), "resnet20_cifar10", 5, 4, (1, 5)),
 )
+# Networks the project has never seen, in plain flax.linen (benchmarks/unseen/),
+# trained through --config.model=module:Class, each against its Keras twin.
+UNSEEN_CELLS = tuple(
+    Cell(f"benchmarks.unseen.flax_nets:{name}", 32, (28, 28, 1), "seed_cnn", steps, 4,
+         (1, 10), 1.5)
+    for name, steps in (("SmallNet", 100), ("MobileNetGN", 20), ("StemResNet", 100),
+                        ("DilatedNet", 10), ("ConvNeXtTiny", 10)))
 
 
 def quick(cell: Cell) -> Cell:

@@ -78,7 +78,7 @@ def steady_table(results: dict) -> list[str]:
     target = (f">= {cell['target']}x: {'pass' if cell['ratio'] >= cell['target'] else 'FAIL'}"
               if cell["target"] else "-")
     lines.append(
-        f"| {MODEL_NAMES.get(cell['model'], cell['model'])}, {cell['batch_size']} "
+        f"| {MODEL_NAMES.get(cell['model'], cell['model'].rsplit(':', 1)[-1])}, {cell['batch_size']} "
         f"| {_cell(cell['ours']['images_per_sec'])} "
         f"| {_cell(rows[0]['images_per_sec'])} "
         f"| {_cell(fastest['images_per_sec'])} ({fastest['name']}) "
@@ -118,7 +118,7 @@ def bf16_lines(results: dict) -> list[str]:
            "|---|---|---|---|"]
   for cell in cells:
     f32, b16 = cell["ours"]["images_per_sec"], cell["ours_bfloat16"]["images_per_sec"]
-    lines.append(f"| {MODEL_NAMES.get(cell['model'], cell['model'])}, "
+    lines.append(f"| {MODEL_NAMES.get(cell['model'], cell['model'].rsplit(':', 1)[-1])}, "
                  f"{cell['batch_size']} | {_cell(f32)} | {_cell(b16)} "
                  f"| {_ratio(b16['median'] / f32['median'])} |")
   return lines + [""]
@@ -214,7 +214,7 @@ def gpu_markdown(results: dict) -> str:
     c, counted = cell["check"], cell.get("train_flops_per_image")
     flops = (f" Training FLOPs per image: {counted / 1e6:,.1f} M (3x the forward's, "
              "counted on the CPU)." if counted else "")
-    lines += [f"{MODEL_NAMES.get(cell['model'], cell['model'])}, batch "
+    lines += [f"{MODEL_NAMES.get(cell['model'], cell['model'].rsplit(':', 1)[-1])}, batch "
               f"{cell['batch_size']}, images {tuple(cell['image_shape'])}, windows of "
               f"{cell['window_steps']} steps. Same network: {c['params_ours']:,} "
               f"parameters on both sides; loss on one batch from our weights "

@@ -34,13 +34,13 @@ def summary(model: nn.Module, image_shape: Sequence[int], batch_size: int = 1) -
     {"params": int, "batch_stats": int (0 without BatchNorm), "flops_per_image":
     float (None where the backend reports no cost analysis)}.
   """
-  cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-  images = jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32, sharding=cpu)
+  on_cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+  images = jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32, sharding=on_cpu)
   variables = jax.eval_shape(
       lambda x: model.init(jax.random.key(0), x, train=False),
       jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
   variables = jax.tree.map(
-      lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=cpu), variables)
+      lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=on_cpu), variables)
   apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
   with cpu.disabled():  # Custom calls count no FLOPs; `apply` is traced afresh.
     cost = apply.lower(variables, images).compile().cost_analysis()
