@@ -66,8 +66,8 @@ def main(argv):
   command, args = (argv[1], argv[2:]) if len(argv) > 1 else (None, [])
   from cnn_jax import compile_cache  # pylint: disable=g-import-not-at-top
   from cnn_jax import launch  # pylint: disable=g-import-not-at-top
-  from cnn_jax.cpu import flags  # pylint: disable=g-import-not-at-top
-  flags.set_default_flags()  # Before JAX starts a backend (children inherit them).
+  from cnn_jax.cpu import flags as xla_flags  # pylint: disable=g-import-not-at-top
+  xla_flags.set_default_flags()  # Before JAX starts a backend (children inherit them).
   compile_cache.set_default_env()  # Before JAX is imported (children inherit it too).
   if _LOCAL_PROCESSES.value:
     forwarded, skip = [], False

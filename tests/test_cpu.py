@@ -212,9 +212,9 @@ def test_a_plain_flax_training_loop_has_no_slow_cpu_ops():
   assert hlo.count('custom_call_target="cnn_jax_max_pool_grad"') == 1
 
 
-@pytest.mark.parametrize("name,kwargs,convs", [("vgg_bn", {}, 4),
-                                               ("resnet20", {"shortcut": "pad"}, 19)])
-def test_zoo_training_loops_run_every_convolution_on_onednn(name, kwargs, convs):
+@pytest.mark.parametrize("name,kwargs,convs,strided", [
+    ("vgg_bn", {}, 4, 0), ("resnet20", {"shortcut": "pad"}, 19, 2)])
+def test_zoo_training_loops_run_every_convolution_on_onednn(name, kwargs, convs, strided):
   model = models.build_model(name, 10, **kwargs)
   state = train.create_train_state(model, jax.random.key(0), (28, 28, 1),
                                    optax.adam(1e-3))
@@ -222,8 +222,11 @@ def test_zoo_training_loops_run_every_convolution_on_onednn(name, kwargs, convs)
   hlo = _hlo(lambda s, b: lax.scan(train.train_step, s, b), state, batches)
   calls = {kind: hlo.count(f'custom_call_target="cnn_jax_onednn_{kind}"')
            for kind in ("fwd", "bwd_data", "bwd_weights")}
-  # The first convolution's input (the data) needs no gradient.
-  assert calls == {"fwd": convs, "bwd_data": convs - 1, "bwd_weights": convs}, calls
+  # The first convolution's input (the data) needs no gradient; a stride-1
+  # convolution's input gradient is a forward convolution, a strided one's oneDNN's
+  # backward data.
+  assert calls == {"fwd": 2 * convs - 1 - strided, "bwd_data": strided,
+                   "bwd_weights": convs}, calls
   assert "convolution(" not in hlo and "select-and-scatter" not in hlo
 
 
