@@ -144,9 +144,7 @@ def check(config, device_count: int, process_count: int) -> None:
   if config.validation_split and config.validation_fraction:
     _fail("validation_fraction", config.validation_fraction,
           f"0 when validation_split={config.validation_split!r} names a split")
-  models.check_model(config.model,
-                     models.drop_legacy_kwargs(config.model, dict(config.model_kwargs)),
-                     config.dtype)
+  models.check_model(config.model, dict(config.model_kwargs), config.dtype)
   splits = ["train", *(["validation"] if config.validation_split or
                        config.validation_fraction else []), "test"]
   evaluators = evaluators_lib.from_config(config.evals, splits, ema=config.ema_decay > 0)

@@ -38,8 +38,8 @@ class OurTraining:
   `window()` runs `spec["window_steps"]` steps, a dispatch at a time."""
 
   def __init__(self, spec: dict):
-    from cnn_jax.cpu import flags  # pylint: disable=g-import-not-at-top
-    flags.set_default_flags()
+    from cnn_jax.cpu import flags as xla_flags  # pylint: disable=g-import-not-at-top
+    xla_flags.set_default_flags()
     t0 = time.perf_counter()
     import jax  # pylint: disable=g-import-not-at-top
     from cnn_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
@@ -137,8 +137,8 @@ def matmul_peak(seconds: float = 1.0) -> dict:
   """This CPU's float32 matmul FLOP/s: the best over three square sizes of XLA's dot
   and of NumPy's BLAS (the higher, so the floor is not flattering), the ceiling our
   training steps are compared against."""
-  from cnn_jax.cpu import flags  # pylint: disable=g-import-not-at-top
-  flags.set_default_flags()
+  from cnn_jax.cpu import flags as xla_flags  # pylint: disable=g-import-not-at-top
+  xla_flags.set_default_flags()
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   xla_dot = jax.jit(lambda x, y: x @ y)

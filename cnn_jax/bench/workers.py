@@ -112,8 +112,8 @@ def subprocess_env() -> dict:
   """This process's environment with the repository root on PYTHONPATH (experiment
   configs import `experiments.*`) and the default XLA flags (as `./run.sh` sets them
   for training)."""
-  from cnn_jax.cpu import flags  # pylint: disable=g-import-not-at-top
+  from cnn_jax.cpu import flags as xla_flags  # pylint: disable=g-import-not-at-top
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
-  flags.set_default_flags(env)
+  xla_flags.set_default_flags(env)
   return env

@@ -32,7 +32,6 @@ import contextlib
 import os
 
 from jax._src.interpreters import mlir as mlir_internal  # XLA's rules, for fallbacks.
-from jax._src.lax import windowed_reductions
 from jax import lax
 from jax.interpreters import mlir
 
@@ -52,13 +51,11 @@ def _xla_rule(primitive):
 
 
 def active(ctx=None) -> bool:
-  """Whether the backend lowers now: registered, not within `disabled()`, not for
-  `jax.export`, and the kernels built."""
-  if not _registered or _disabled:
-    return False
+  """Whether the backend lowers now (`unavailable_reason()` is empty), and `ctx`'s
+  program, if given, is not for `jax.export`."""
   if ctx is not None and ctx.module_context.lowering_parameters.for_export:
     return False
-  return not build.load()
+  return not unavailable_reason()
 
 
 def _lowering(primitive, choose, compute):
@@ -101,7 +98,7 @@ def enable() -> bool:
     mlir.register_lowering(
         lax.conv_general_dilated_p,
         _lowering(lax.conv_general_dilated_p, _conv_plan, conv.run), platform="cpu")
-    scatter = windowed_reductions.select_and_scatter_add_p
+    scatter = lax.select_and_scatter_add_p
     mlir.register_lowering(
         scatter, _lowering(scatter, _pool_plan, lambda _, *a, **p: pool.run(*a, **p)),
         platform="cpu")

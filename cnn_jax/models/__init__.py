@@ -146,6 +146,7 @@ def check_model(name: str, kwargs: dict,
                 dtype: str = "float32") -> Callable[..., nn.Module]:
   """The constructor of model `name`, after checking it takes `kwargs` and can compute
   in `dtype`; raises ConfigError naming the model or arguments that are wrong."""
+  kwargs = drop_legacy_kwargs(name, kwargs)
   constructor = resolve_model(name)
   fields = _fields(constructor)
   unknown = set(kwargs) - fields if fields is not None else set()
