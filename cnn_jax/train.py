@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
+from cnn_jax import cpu
+
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
@@ -72,12 +74,14 @@ def init_variables(model: nn.Module, key: jax.Array, image_shape) -> dict:
 def create_train_state(model: nn.Module, key: jax.Array, image_shape, tx,
                        ema: bool = False) -> TrainState:
   """Initializes `model` for inputs of `image_shape` (H, W, C); with `ema`, the moving
-  average of the params starts at the initial params."""
+  average of the params starts at the initial params. Its `apply_fn` is `model.apply`
+  through `cpu.fuse` (fused CPU kernels where the program has their layers; `apply`
+  itself elsewhere)."""
   init_key, run_key = jax.random.split(key)
   variables = init_variables(model, init_key, image_shape)
   params = variables["params"]
   return TrainState.create(
-      apply_fn=model.apply, params=params, tx=tx,
+      apply_fn=cpu.fuse(model.apply), params=params, tx=tx,
       batch_stats=variables.get("batch_stats"), key=run_key,
       ema_params=jax.tree.map(jnp.copy, params) if ema else None)
 

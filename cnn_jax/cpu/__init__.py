@@ -11,6 +11,11 @@ model written anywhere, runs them on these kernels:
   convolutions (`conv.py`);
 - `lax.select_and_scatter_add_p`, the max-pool gradient: a kernel of ours (`pool.py`).
 
+`fuse(f)` (`fusion.py`) goes one step further where one primitive at a time cannot: it
+rewrites `f`'s traced program, before differentiation, so that a one-channel 3x3
+convolution, bias, ReLU and 2x2 max-pool (the tutorial CNN's first layer) is one
+kernel (`conv_pool.py`); `train.create_train_state` applies it to the model.
+
 JAX's own rules make these primitives (`grad`, `jvp`, `hessian`, `vmap`, inside
 `lax.scan` too), the backend only lowers them, so no model needs derivative code. A
 case a fast path does not cover (a dtype, a layout) is lowered by XLA's own rule,
@@ -35,7 +40,8 @@ from jax._src.interpreters import mlir as mlir_internal  # XLA's rules, for fall
 from jax import lax
 from jax.interpreters import mlir
 
-from cnn_jax.cpu import build, conv, pool
+from cnn_jax.cpu import build, conv, conv_pool, pool
+from cnn_jax.cpu.fusion import fuse
 
 ENV = "CNN_JAX_ONEDNN"
 
@@ -68,7 +74,7 @@ def _lowering(primitive, choose, compute):
     if p is None:
       return xla(ctx, *args, **params)
     return mlir.lower_fun(lambda *a: compute(p, *a, **params),
-                          multiple_results=False)(ctx, *args)
+                          multiple_results=primitive.multiple_results)(ctx, *args)
 
   return rule
 
@@ -102,6 +108,12 @@ def enable() -> bool:
     mlir.register_lowering(
         scatter, _lowering(scatter, _pool_plan, lambda _, *a, **p: pool.run(*a, **p)),
         platform="cpu")
+    for primitive, compute in conv_pool.CPU_RULES.items():
+      mlir.register_lowering(
+          primitive,
+          _lowering(primitive, lambda ctx, **_: True,
+                    lambda _, *a, compute=compute, **p: compute(*a, **p)),
+          platform="cpu")
     _registered = True
   return active()
 

@@ -1,8 +1,9 @@
 """The CPU extension: its C++ sources (`csrc/`) compiled on first use, loaded, and its
 handlers registered as XLA FFI targets.
 
-The sources are oneDNN's convolutions (`csrc/onednn_conv.cc`) and the max-pool
-gradient (`csrc/max_pool_grad.cc`). They are compiled with the C++ compiler against
+The sources are oneDNN's convolutions (`csrc/onednn_conv.cc`), the max-pool
+gradient (`csrc/max_pool_grad.cc`) and the fused one-channel convolution, ReLU and
+pool (`csrc/conv_relu_pool.cc`). They are compiled with the C++ compiler against
 the `onednn-devel-cpu-gomp` package (oneDNN 3.2 with GNU OpenMP, and its headers) with
 `-O3 -march=native`, once per machine, into `~/.cache/cnn_jax/ext/`, under a name
 that digests the sources, jaxlib's version, the environment and the CPU.
@@ -26,12 +27,16 @@ import jax
 from cnn_jax import compile_cache
 
 _CSRC = pathlib.Path(__file__).resolve().parent / "csrc"
-SOURCES = (_CSRC / "onednn_conv.cc", _CSRC / "max_pool_grad.cc")
+SOURCES = (_CSRC / "onednn_conv.cc", _CSRC / "max_pool_grad.cc",
+           _CSRC / "conv_relu_pool.cc")
 # FFI target names (for XLA:CPU) of the extension's handlers.
 TARGETS = {"cnn_jax_onednn_fwd": "OnednnConvForward",
            "cnn_jax_onednn_bwd_data": "OnednnConvBackwardData",
            "cnn_jax_onednn_bwd_weights": "OnednnConvBackwardWeights",
-           "cnn_jax_max_pool_grad": "CpuMaxPoolGrad"}
+           "cnn_jax_max_pool_grad": "CpuMaxPoolGrad",
+           "cnn_jax_conv_relu_pool_fwd": "ConvReluPoolForward",
+           "cnn_jax_conv_relu_pool_kernel_grad": "ConvReluPoolKernelGrad",
+           "cnn_jax_conv_relu_pool_bias_grad": "ConvReluPoolBiasGrad"}
 
 
 def _prefix_dirs() -> tuple[pathlib.Path, pathlib.Path]:
