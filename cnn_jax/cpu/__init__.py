@@ -33,110 +33,19 @@ compiler and the `onednn-devel-cpu-gomp` package); where that fails one warning 
 why and XLA's own lowerings run.
 """
 
-import contextlib
-import os
+import importlib
 
-from jax._src.interpreters import mlir as mlir_internal  # XLA's rules, for fallbacks.
-from jax import lax
-from jax.interpreters import mlir
-
-from cnn_jax.cpu import build, conv, conv_pool, pool
-from cnn_jax.cpu.fusion import fuse
-
-ENV = "CNN_JAX_ONEDNN"
-
-_registered = False
-_disabled = 0
+# Imported on first use, so that `cnn_jax.cpu.flags` can be imported (and XLA's and
+# JAX's environment set) before JAX is.
+_ATTRIBUTES = {"enable": "lowering", "fuse": "fusion", "active": "switch",
+               "disabled": "switch", "unavailable_reason": "switch", "ENV": "switch"}
 
 
-def _xla_rule(primitive):
-  """XLA's own CPU lowering of `primitive` (its CPU-specific rule, else the generic)."""
-  entry = (mlir_internal._platform_specific_lowerings["cpu"].get(primitive)  # pylint: disable=protected-access
-           or mlir_internal._lowerings[primitive])  # pylint: disable=protected-access
-  return entry.rule
+def __getattr__(name):
+  if name in _ATTRIBUTES:
+    return getattr(importlib.import_module(f"cnn_jax.cpu.{_ATTRIBUTES[name]}"), name)
+  raise AttributeError(f"module 'cnn_jax.cpu' has no attribute {name!r}")
 
 
-def active(ctx=None) -> bool:
-  """Whether the backend lowers now (`unavailable_reason()` is empty), and `ctx`'s
-  program, if given, is not for `jax.export`."""
-  if ctx is not None and ctx.module_context.lowering_parameters.for_export:
-    return False
-  return not unavailable_reason()
-
-
-def _lowering(primitive, choose, compute):
-  """A CPU lowering rule for `primitive`: `compute` (traced by `mlir.lower_fun`) where
-  `choose(ctx, **params)` returns a plan, else XLA's rule."""
-  xla = _xla_rule(primitive)
-
-  def rule(ctx, *args, **params):
-    p = choose(ctx, **params) if active(ctx) else None
-    if p is None:
-      return xla(ctx, *args, **params)
-    return mlir.lower_fun(lambda *a: compute(p, *a, **params),
-                          multiple_results=primitive.multiple_results)(ctx, *args)
-
-  return rule
-
-
-def _conv_plan(ctx, **params):
-  lhs, rhs = ctx.avals_in
-  return conv.plan(lhs.shape, rhs.shape, ctx.avals_out[0].shape,
-                   (lhs.dtype, rhs.dtype, ctx.avals_out[0].dtype), **params)
-
-
-def _pool_plan(ctx, **params):
-  source, operand = ctx.avals_in
-  return True if pool.applies(source.dtype, operand.dtype, **params) else None
-
-
-def enable() -> bool:
-  """Registers the CPU lowerings (once; later calls do nothing). Programs compiled
-  afterwards use them; a function jit already compiled keeps its executable.
-
-  Returns whether the backend is on: False where `CNN_JAX_ONEDNN=0` or the kernels
-  could not be built (then XLA's lowerings run, and a warning said why).
-  """
-  global _registered
-  if os.environ.get(ENV, "1") == "0":
-    return False
-  if not _registered:
-    mlir.register_lowering(
-        lax.conv_general_dilated_p,
-        _lowering(lax.conv_general_dilated_p, _conv_plan, conv.run), platform="cpu")
-    scatter = lax.select_and_scatter_add_p
-    mlir.register_lowering(
-        scatter, _lowering(scatter, _pool_plan, lambda _, *a, **p: pool.run(*a, **p)),
-        platform="cpu")
-    for primitive, compute in conv_pool.CPU_RULES.items():
-      mlir.register_lowering(
-          primitive,
-          _lowering(primitive, lambda ctx, **_: True,
-                    lambda _, *a, compute=compute, **p: compute(*a, **p)),
-          platform="cpu")
-    _registered = True
-  return active()
-
-
-def unavailable_reason() -> str:
-  """Why the backend is off ('' when it is on)."""
-  if os.environ.get(ENV, "1") == "0":
-    return f"turned off by {ENV}=0"
-  if not _registered:
-    return "cnn_jax.cpu.enable() was not called"
-  if _disabled:
-    return "within cnn_jax.cpu.disabled()"
-  return build.load()
-
-
-@contextlib.contextmanager
-def disabled():
-  """Within it, programs lowered use XLA's own rules: for XLA's cost analysis, which
-  counts no FLOPs inside a custom call. jit keeps executables it compiled before, so
-  lower a function traced within it."""
-  global _disabled
-  _disabled += 1
-  try:
-    yield
-  finally:
-    _disabled -= 1
+def __dir__():
+  return sorted(_ATTRIBUTES)

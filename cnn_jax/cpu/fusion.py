@@ -14,7 +14,7 @@ pattern, the tutorial CNN's first layer as flax writes it:
     -> reduce_window_max (2x2, stride 2, VALID)
 
 becomes `conv_pool.conv_relu_pool` (`csrc/conv_relu_pool.cc`), each intermediate
-used nowhere else. Where the backend is not active (`cnn_jax.cpu.active()`, a
+used nowhere else. Where the backend is not active (`switch.active()`, a
 non-CPU default backend) `fuse(f)` calls `f` itself.
 """
 
@@ -23,7 +23,7 @@ from jax import lax
 from jax.extend import core as jex_core
 import numpy as np
 
-from cnn_jax.cpu import conv_pool
+from cnn_jax.cpu import conv_pool, switch
 
 
 def _is_relu(eqn) -> bool:
@@ -126,8 +126,7 @@ class Fused:
     return hash((Fused, self.fn))
 
   def __call__(self, *args, **kwargs):
-    from cnn_jax import cpu  # pylint: disable=g-import-not-at-top (cpu imports us)
-    if jax.default_backend() != "cpu" or not cpu.active():
+    if jax.default_backend() != "cpu" or not switch.active():
       return self.fn(*args, **kwargs)
     leaves, tree = jax.tree.flatten((args, kwargs))
     dynamic = [isinstance(l, (jax.Array, np.ndarray)) for l in leaves]
