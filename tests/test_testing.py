@@ -141,3 +141,49 @@ def test_arguments_are_checked():
   with pytest.raises(ValueError, match="model_kwargs go with a model name or factory"):
     testing.check_model(Mlp(num_classes=3), (4, 4, 1), 3,
                         model_kwargs=dict(extra_logit=1))
+
+
+# Issue 29, item 1: a bias before BatchNorm has no true gradient; Adam had turned its
+# rounding noise into learning-rate-sized steps that differed between 1 and 8 devices.
+BIAS_BEFORE_BN = '''
+import flax.linen as nn
+import jax.numpy as jnp
+
+class BiasBeforeBN(nn.Module):
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.Conv(8, (3, 3))(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))
+    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = nn.Conv(8, (3, 3))(x)
+    x = nn.Dropout(0.3, deterministic=not train)(x)
+    return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
+'''
+
+
+def test_devices_check_passes_a_bias_before_batchnorm(tmp_path, monkeypatch):
+  (tmp_path / "bias_nets.py").write_text(BIAS_BEFORE_BN)
+  monkeypatch.syspath_prepend(str(tmp_path))
+  report = testing.check_model("bias_nets:BiasBeforeBN", (12, 12, 1), 10,
+                               checks=("devices",))
+  assert report["devices"] == "ok"
+
+
+def test_devices_check_says_what_differs_and_the_likely_cause():
+  w = np.zeros(3, np.float32)
+  one = {"losses": [2.3, 2.2], "initial": {"['b']": w, "['w']": w},
+         "params": {"['b']": w + 1e-5, "['w']": w + 0.5}}
+  assert testing.compare_devices(one, one) is None
+  eight = {**one, "losses": [2.3, 2.1]}
+  assert "the forward pass depends on how the batch is split" in \
+      testing.compare_devices(one, eight)
+  eight = {**one, "params": {"['b']": w + 1e-4, "['w']": w + 0.5}}
+  assert testing.compare_devices(one, eight).startswith(
+      "parameter ['b'] after 2 SGD steps on 8 simulated devices differs from 1 device "
+      "by up to 9e-05; it barely moves in training")
+  assert "use_bias=False" in testing.compare_devices(one, eight)
+  eight = {**one, "params": {"['b']": w + 1e-5, "['w']": w + 0.6}}
+  assert "the gradient of this parameter depends on how the batch is split" in \
+      testing.compare_devices(one, eight)
