@@ -44,15 +44,23 @@ class Reporter:
           os.path.join(self.workdir, TENSORBOARD_DIR), flush_secs=30)
     return self._writer
 
-  def write_config(self, config) -> None:
-    """config.json, and the config as TensorBoard hyperparameters and text."""
+  def write_config(self, config, evaluators=()) -> None:
+    """config.json, and the config as TensorBoard hyperparameters and text; the
+    scalars of `evaluators` are the metrics of TensorBoard's hyperparameter table."""
     if not self.is_main:
       return
     text = config.to_json_best_effort(indent=2, sort_keys=True)
     _atomic_write(os.path.join(self.workdir, CONFIG_FILE), text + "\n")
     flat = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
             for k, v in _flatten(json.loads(text)).items()}
-    self.writer.add_hparams(flat, {}, name=".")
+    # The hparams plugin's three summaries, into this writer's own file: tensorboardX's
+    # add_hparams opens a second writer whose file, named by the same second and host,
+    # replaced the first (the run had no hyperparameters in TensorBoard).
+    metric_tags = ["train/loss", "train/accuracy",
+                   *(_tag(key, ev.name) for ev in evaluators for key in ev.scalar_names())]
+    from tensorboardX import summary as tb_summary  # pylint: disable=g-import-not-at-top
+    for summary in tb_summary.hparams(flat, dict.fromkeys(metric_tags)):
+      self.writer.file_writer.add_summary(summary)
     self.writer.add_text("config", "```\n" + text + "\n```")
 
   def write_dataset(self, info, channel_stats) -> None:
@@ -90,7 +98,7 @@ class Reporter:
       _atomic_write(path, json.dumps({"step": record["step"], **detail}))
       for key, value in record.items():
         if key.startswith(f"{name}_"):
-          self.writer.add_scalar(f"{name}/{key[len(name) + 1:]}", value, record["step"])
+          self.writer.add_scalar(_tag(key, name), value, record["step"])
     for key in _SPEED_KEYS:
       if key in record:
         self.writer.add_scalar(f"speed/{key}", record[key], record["step"])
@@ -118,6 +126,12 @@ class Reporter:
     """A progress bar over an epoch's steps, on a terminal only."""
     return tqdm(total=total, initial=initial, desc=f"epoch {epoch}", unit="step",
                 leave=False, disable=not (self.is_main and sys.stdout.isatty()))
+
+
+def _tag(key: str, evaluator: str) -> str:
+  """The TensorBoard tag of an evaluator's record key: 'test_top5_accuracy' ->
+  'test/top5_accuracy'."""
+  return f"{evaluator}/{key[len(evaluator) + 1:]}"
 
 
 def model_line(summary: dict) -> str:

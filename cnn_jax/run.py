@@ -301,7 +301,7 @@ def resume(exp: Experiment, this: Run, target) -> tuple:
     sums = jax.tree.map(lambda z, v: z + np.float32(v), train_lib.zero_metrics(),
                         meta["epoch_sums"])
   workdir_lib.record_start(this.workdir, this.config, step)
-  this.reporter.write_config(this.config)
+  this.reporter.write_config(this.config, exp.evaluators)
   this.reporter.write_dataset(exp.data.info, exp.data.channel_stats)
   this.reporter.write_model(this.config.model, exp.model_summary)
   return state, sums, step

@@ -86,3 +86,28 @@ def test_the_run_records_its_model_size_and_flops(trained_run):
   assert recorded["params"] == 347_146 and recorded["batch_stats"] == 0
   expected = models.summary(models.build_model("seed_cnn", 10), (28, 28, 1))
   assert recorded["flops_per_image"] == expected["flops_per_image"] > 0
+
+
+def test_tensorboard_holds_the_config_as_hyperparameters(trained_run):
+  """Issue 29, item 2: tensorboardX's add_hparams wrote them to a second file of the
+  same name, which replaced the first: no hparams plugin data in the run."""
+  from tensorboard.backend.event_processing import event_file_loader  # pylint: disable=g-import-not-at-top
+  from tensorboard.plugins.hparams import plugin_data_pb2  # pylint: disable=g-import-not-at-top
+  config, workdir, _ = trained_run
+  folder = os.path.join(workdir, report.TENSORBOARD_DIR)
+  hparams, metrics, tags = {}, [], set()
+  for name in os.listdir(folder):
+    for event in event_file_loader.EventFileLoader(os.path.join(folder, name)).Load():
+      for value in event.summary.value:
+        tags.add(value.tag)
+        if value.metadata.plugin_data.plugin_name == "hparams":
+          data = plugin_data_pb2.HParamsPluginData.FromString(
+              value.metadata.plugin_data.content)
+          hparams.update(data.session_start_info.hparams)
+          metrics += [m.name.tag for m in data.experiment.metric_infos]
+  assert hparams["learning_rate"].number_value == pytest.approx(config.learning_rate)
+  assert hparams["model"].string_value == "seed_cnn"
+  assert hparams["evals.test.split"].string_value == "test"
+  assert hparams["validation_fraction"].number_value == pytest.approx(0.1)
+  assert {"train/loss", "validation/accuracy", "test/accuracy"} <= set(metrics)
+  assert {"train/loss", "config/text_summary"} <= tags  # All in the run's one file.
