@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point. Creates .venv and installs the project on first use (and again
 # whenever pyproject.toml changes), then dispatches:
-#   ./run.sh                 train the tutorial model on the embedded dataset
+#   ./run.sh [FLAGS]         train the tutorial model on the embedded dataset
 #   ./run.sh test [ARGS]     run the test suite (pytest ARGS)
 #   ./run.sh bench [ARGS]    speed benchmark against Keras
 #   ./run.sh train|eval|report|predict|export|prepare ARGS   the experiment runner
@@ -27,7 +27,8 @@ export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
-  "")
+  ""|-*)  # Bare, or flags only (./run.sh --config.num_epochs=1): the main job.
+    [ -n "$cmd" ] && set -- "$cmd" "$@"
     exec "$py" -m cnn_jax.main train --config "$root/experiments/seed_cnn.py" \
       --workdir "$root/runs/seed_cnn" "$@" ;;
   test)

@@ -3,7 +3,8 @@
 `check(config)` raises `ConfigError` naming the field, its value and what is allowed,
 for the fields of experiments/seed_cnn.py (which defines and comments each) and their
 combinations: batch sizes that divide over the devices and processes, `model_kwargs`
-against the model's fields, the selection metric against the evaluators.
+against the model's fields, the dataset's name (`data.source.check_dataset`), the
+selection metric against the evaluators.
 """
 
 import math
@@ -12,6 +13,7 @@ import numbers
 from cnn_jax import evaluators as evaluators_lib
 from cnn_jax import models
 from cnn_jax import optim
+from cnn_jax.data import source
 from cnn_jax.errors import ConfigError
 
 _PIPELINES = ("in_memory", "streaming", "auto")
@@ -145,6 +147,8 @@ def check(config, device_count: int, process_count: int) -> None:
     _fail("validation_fraction", config.validation_fraction,
           f"0 when validation_split={config.validation_split!r} names a split")
   models.check_model(config.model, dict(config.model_kwargs), config.dtype)
+  optim.check_optimizer(config.optimizer, dict(config.optimizer_kwargs))
+  source.check_dataset(config.dataset, config.data_dir)
   splits = ["train", *(["validation"] if config.validation_split or
                        config.validation_fraction else []), "test"]
   evaluators = evaluators_lib.from_config(config.evals, splits, ema=config.ema_decay > 0)

@@ -49,8 +49,8 @@ def export_stablehlo(predictor: inference.Predictor, out_dir: str) -> str:
 def export_savedmodel(predictor: inference.Predictor, out_dir: str) -> str:
   """Saves the model function as a TensorFlow SavedModel (signature `serve`)."""
   from cnn_jax.data.tfds_base import tensorflow  # pylint: disable=g-import-not-at-top
+  tf = tensorflow()  # First: jax2tf imports TensorFlow, whose logging is set on import.
   from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
-  tf = tensorflow()
   h, w, c = predictor.image_shape
   converted = jax2tf.convert(_bound(predictor), polymorphic_shapes=[f"(b, {h}, {w}, {c})"],
                              with_gradient=False)

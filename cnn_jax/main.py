@@ -3,8 +3,11 @@
 Thin on purpose: parse flags, then call the library.
 """
 
+import ast
 import atexit
+import difflib
 import os
+import re
 import sys
 import threading
 
@@ -49,21 +52,30 @@ _DISTRIBUTED_TIMEOUT = flags.DEFINE_integer(
     "distributed_timeout", 120, "Seconds to wait for the other processes to join, and "
     "(a quarter of it, at least 10) for a silent process to be declared dead.")
 
-USAGE = """commands:
-  train --config FILE --workdir DIR [--config.FIELD=VALUE ...]
-  eval --workdir DIR [--step latest|best|N]
-  report --workdir DIR [--workdir DIR ...] [--out DIR]
-  predict --workdir DIR [--step latest|best|N] [--top_k K] [--json] FILE...
-  export --workdir DIR [--step ...] --format stablehlo|savedmodel --out DIR
-  sweep --config FILE --workdir DIR --sweep FIELD=V1,V2 [--sweep ...] [--seeds N]
-        [--vmap_seeds] [--report_only]
-  prepare NAME --from DIR [--data_dir DIR]
+# command -> its usage line.
+COMMANDS = {
+    "train": "train --config FILE --workdir DIR [--config.FIELD=VALUE ...]",
+    "eval": "eval --workdir DIR [--step latest|best|N]",
+    "report": "report --workdir DIR [--workdir DIR ...] [--out DIR]",
+    "predict": "predict --workdir DIR [--step latest|best|N] [--top_k K] [--json] FILE...",
+    "export": "export --workdir DIR [--step ...] --format stablehlo|savedmodel --out DIR",
+    "sweep": "sweep --config FILE --workdir DIR --sweep FIELD=V1,V2 [--sweep ...] "
+             "[--seeds N] [--vmap_seeds] [--report_only]",
+    "prepare": "prepare NAME --from DIR [--data_dir DIR]",
+}
+USAGE = ("commands:\n" + "\n".join(f"  {line}" for line in COMMANDS.values()) + """
 multi-process: add --local_processes N (here), or --num_processes N --process_id I
-  --coordinator HOST:PORT on each host (Slurm and Open MPI are detected by JAX)."""
+  --coordinator HOST:PORT on each host (Slurm and Open MPI are detected by JAX).""")
+# Nested dicts of keyword arguments whose keys an experiment need not list: an override
+# --config.model_kwargs.width=8 adds the key (the model then checks it takes it).
+_KWARGS_FIELDS = ("model_kwargs", "optimizer_kwargs")
+_kwargs_overrides: list[tuple[str, str, str]] = []  # (field, key, value) from argv.
+_original_argv: list[str] = []  # sys.argv as given (forwarded to --local_processes).
 
 
 def main(argv):
   command, args = (argv[1], argv[2:]) if len(argv) > 1 else (None, [])
+  _check_command(command, args)
   from cnn_jax import compile_cache  # pylint: disable=g-import-not-at-top
   from cnn_jax import launch  # pylint: disable=g-import-not-at-top
   from cnn_jax.cpu import flags as xla_flags  # pylint: disable=g-import-not-at-top
@@ -71,7 +83,7 @@ def main(argv):
   compile_cache.set_default_env()  # Before JAX is imported (children inherit it too).
   if _LOCAL_PROCESSES.value:
     forwarded, skip = [], False
-    for a in sys.argv[1:]:
+    for a in _original_argv[1:]:
       if not skip and not a.startswith("--local_processes"):
         forwarded.append(a)
       skip = not skip and a == "--local_processes"  # Its value is the next argument.
@@ -92,16 +104,13 @@ def main(argv):
                       _DISTRIBUTED_TIMEOUT.value)
     from cnn_jax import run  # pylint: disable=g-import-not-at-top
     if command == "train" and not args:
-      path = config_flags.get_config_filename(flags.FLAGS["config"])
+      path = _config_path(_original_argv)
       if path is None or not _WORKDIR.value:
-        raise app.UsageError("train needs --config and --workdir.\n" + USAGE)
-      if not os.path.isfile(path):
-        raise errors.ConfigError(f"--config {path}: no such file (relative paths are "
-                                 f"read from {os.getcwd()}).")
-      run.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    elif command == "eval" and not args:
+        _usage_error(f"train needs --config and --workdir: {COMMANDS['train']}")
+      run.train_and_evaluate(_config(), _WORKDIR.value)
+    elif command == "eval":
       if not _WORKDIR.value:
-        raise app.UsageError("eval needs --workdir.\n" + USAGE)
+        _usage_error(f"eval needs --workdir: {COMMANDS['eval']}")
       run.evaluate_checkpoint(_WORKDIR.value, _STEP.value)
     elif command == "report":
       from cnn_jax import plots  # pylint: disable=g-import-not-at-top
@@ -109,29 +118,27 @@ def main(argv):
       plots.report_command(workdirs, _OUT.value)
     elif command == "predict":
       from cnn_jax import predict  # pylint: disable=g-import-not-at-top
-      if _WORKDIR.value is None:
-        raise app.UsageError("predict needs --workdir.\n" + USAGE)
+      if not _WORKDIR.value:
+        _usage_error(f"predict needs --workdir: {COMMANDS['predict']}")
       return predict.predict_command(_WORKDIR.value, _STEP.value, args, _TOP_K.value,
                                      _JSON.value)
-    elif command == "export" and not args:
+    elif command == "export":
       from cnn_jax import export  # pylint: disable=g-import-not-at-top
-      if _WORKDIR.value is None:
-        raise app.UsageError("export needs --workdir.\n" + USAGE)
+      if not _WORKDIR.value:
+        _usage_error(f"export needs --workdir: {COMMANDS['export']}")
       export.export_command(_WORKDIR.value, _STEP.value, _FORMAT.value, _OUT.value)
-    elif command == "sweep" and not args:
+    elif command == "sweep":
       from cnn_jax import sweep  # pylint: disable=g-import-not-at-top
-      path = config_flags.get_config_filename(flags.FLAGS["config"])
+      path = _config_path(_original_argv)
       if path is None or not _WORKDIR.value:
-        raise app.UsageError("sweep needs --config and --workdir.\n" + USAGE)
-      config = _CONFIG.value
+        _usage_error(f"sweep needs --config and --workdir: {COMMANDS['sweep']}")
+      config = _config()
       sweep.sweep(config, os.path.abspath(_WORKDIR.value),
                   sweep.parse_grid(_SWEEP.value, config), _SEEDS.value,
                   _VMAP_SEEDS.value, train=not _REPORT_ONLY.value)
-    elif command == "prepare" and len(args) == 1:
+    else:  # prepare (_check_command let nothing else through).
       from cnn_jax import prepare  # pylint: disable=g-import-not-at-top
       prepare.prepare_command(args[0], _FROM.value, _DATA_DIR.value)
-    else:
-      raise app.UsageError(USAGE)
   except preemption.Preempted as e:
     print(f"preempted: {e}", file=sys.stderr)
     return preemption.PREEMPTED_EXIT_CODE
@@ -143,6 +150,25 @@ def main(argv):
     return _exit("interrupted (before any training): nothing was saved or changed",
                  preemption.FORCED_EXIT_CODE)
   return 0
+
+
+def _check_command(command, args) -> None:
+  """A missing or unknown command, or arguments a command does not take: one line and
+  exit 2, before anything is imported or touched."""
+  if command is None or command in ("help", "--help"):
+    print(USAGE, file=sys.stderr)
+    sys.exit(0 if command else 2)
+  if command not in COMMANDS:
+    close = difflib.get_close_matches(command, COMMANDS, n=1)
+    _usage_error(f"unknown command {command!r}" +
+                 (f"; did you mean {close[0]!r}?" if close else ".") +
+                 f" Commands: {', '.join(COMMANDS)} (./run.sh alone trains the "
+                 "tutorial; ./run.sh help shows each one's flags).")
+  takes = {"report": None, "predict": None, "prepare": 1}.get(command, 0)
+  if takes is not None and len(args) != takes:
+    extra = f"got {' '.join(map(repr, args))}" if args else "got none"
+    _usage_error(f"{command} takes {takes or 'no'} argument{'s' * (takes != 1)} besides "
+                 f"flags ({extra}; a flag needs its --): {COMMANDS[command]}")
 
 
 # Exit status of a run stopped because its loss diverged.
@@ -160,20 +186,93 @@ def _exit(message: str, code: int):
 
 def parse_flags(argv):
   """absl's flag parsing, with a bad flag or config override reported in one line."""
+  config_path = _config_path(argv)
+  if config_path is not None and not os.path.isfile(config_path):
+    _usage_error(f"--config {config_path}: no such file (relative paths are read from "
+                 f"{os.getcwd()}).")
+  _original_argv[:] = sys.argv
+  # ml_collections reads its overrides from sys.argv itself.
+  argv = sys.argv[:] = _take_kwargs_overrides(argv)
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError) as e:
-    # ml_collections reports an unknown --config.FIELD as a chain of Attribute and
-    # KeyErrors from the parser: the field's name is the useful part.
-    message = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
-    if not isinstance(e, flags.Error):
-      bad = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-      field = message.strip("\"'")
-      bad = [a for a in bad if a.rsplit(".", 1)[-1] == field] or bad
-      message = (f"{bad[0] if bad else '--config'}: the config has no field {field!r}")
-    print(f"error: {message}\n(./run.sh --help lists the flags; config fields are those "
-          "of experiments/seed_cnn.py)", file=sys.stderr)
-    sys.exit(2)
+    if isinstance(e, flags.Error):
+      message = str(e).strip().splitlines()[-1]
+    else:  # ml_collections: a chain of Attribute and KeyErrors, quoted at each level.
+      message = _unknown_field_message(argv, e)
+    _usage_error(f"{message}\n(./run.sh --help lists the flags; config fields are those "
+                 "of experiments/seed_cnn.py)")
+
+
+def _usage_error(message: str):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _config_path(argv) -> str | None:
+  """The --config file named in `argv` (None: none), less an ml_collections ':args'."""
+  for i, a in enumerate(argv):
+    if a == "--config" and i + 1 < len(argv):
+      path = argv[i + 1]
+    elif a.startswith("--config="):
+      path = a[len("--config="):]
+    else:
+      continue
+    head = path.rpartition(":")[0]
+    return head if head and not os.path.isfile(path) and os.path.isfile(head) else path
+  return None
+
+
+def _take_kwargs_overrides(argv) -> list[str]:
+  """argv less its --config.model_kwargs.KEY=VALUE (and optimizer_kwargs) overrides,
+  kept in _kwargs_overrides for _config(): ml_collections only overrides keys that
+  the experiment lists, and an experiment's model_kwargs is often {}."""
+  rest = []
+  for a in argv:
+    name, sep, value = a.partition("=")
+    field, _, key = name[len("--config."):].partition(".")
+    if (name.startswith("--config.") and sep and field in _KWARGS_FIELDS and key
+        and "." not in key):
+      _kwargs_overrides.append((field, key, value))
+    else:
+      rest.append(a)
+  return rest
+
+
+def _config():
+  """The --config experiment with its model_kwargs and optimizer_kwargs overrides: a
+  value is read as a Python literal (else a string); a key the experiment lists keeps
+  its type."""
+  config = _CONFIG.value
+  with config.unlocked():
+    for field, key, text in _kwargs_overrides:
+      try:
+        value = ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        value = {"true": True, "false": False}.get(text.lower(), text)
+      if isinstance(config[field].get(key), str):
+        value = text
+      try:
+        config[field][key] = value
+      except TypeError as e:
+        _usage_error(f"--config.{field}.{key}={text}: {e}")
+  return config
+
+
+def _unknown_field_message(argv, error: BaseException) -> str:
+  text, e = "", error
+  while e is not None:
+    text += " " + str(e)
+    e = e.__context__
+  text = text.replace("\\n", " ").replace("\\", "")
+  overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+  for arg in reversed(overrides):
+    for part in arg[len("--config."):].split("."):
+      if f"'{part}'" in text:
+        suggestion = re.search(r'Did you mean "([^"]+)"', text)
+        return (f"{arg}: the config has no field {part!r}" +
+                (f"; did you mean {suggestion.group(1)!r}?" if suggestion else ""))
+  return f"{overrides[-1] if overrides else '--config'}: {text.strip()}"
 
 
 def entry():

@@ -70,6 +70,25 @@ def _l2(weight_decay: float, tx: optax.GradientTransformation):
   return optax.chain(optax.add_decayed_weights(weight_decay, mask=decay_mask), tx)
 
 
+def check_optimizer(optimizer: str, optimizer_kwargs: dict | None) -> None:
+  """Refuses an unknown optimizer, arguments it does not take, and values that are not
+  numbers (True/False, None; a dtype's name for a *_dtype argument)."""
+  if optimizer not in OPTIMIZERS:
+    raise ConfigError(f"Unknown optimizer {optimizer!r}. Known: "
+                      f"{', '.join(sorted(OPTIMIZERS))}, e.g. --config.optimizer=adamw.")
+  kwargs = dict(optimizer_kwargs or {})
+  for key, value in kwargs.items():
+    if not (value is None or isinstance(value, (int, float))
+            or key.endswith("_dtype") and isinstance(value, str)):
+      raise ConfigError(f"config.optimizer_kwargs.{key}={value!r}: {optimizer!r} takes a "
+                        "number there.")
+  try:
+    OPTIMIZERS[optimizer](1e-3, 0.0, **kwargs)
+  except TypeError as e:
+    raise ConfigError(f"config.optimizer_kwargs={kwargs} do not fit {optimizer!r} "
+                      f"({e}).") from e
+
+
 def make_optimizer(name: str, learning_rate: float, total_steps: int,
                    warmup_steps: int = 0, optimizer: str = "adam",
                    optimizer_kwargs: dict | None = None, weight_decay: float = 0.0,
@@ -87,17 +106,11 @@ def make_optimizer(name: str, learning_rate: float, total_steps: int,
   clipping) give plain `optax.adam(learning_rate)`, with the state of checkpoints
   written before schedules and optimizers were configurable.
   """
-  if optimizer not in OPTIMIZERS:
-    raise ConfigError(f"Unknown optimizer {optimizer!r}. Known: "
-                      f"{', '.join(sorted(OPTIMIZERS))}, e.g. --config.optimizer=adamw.")
+  check_optimizer(optimizer, optimizer_kwargs)
   schedule = make_schedule(name, learning_rate, total_steps, warmup_steps)
   if name == "constant" and warmup_steps == 0:
     schedule = learning_rate
-  try:
-    tx = OPTIMIZERS[optimizer](schedule, weight_decay, **(optimizer_kwargs or {}))
-  except TypeError as e:
-    raise ConfigError(f"config.optimizer_kwargs={dict(optimizer_kwargs or {})} do not "
-                      f"fit {optimizer!r} ({e}).") from e
+  tx = OPTIMIZERS[optimizer](schedule, weight_decay, **(optimizer_kwargs or {}))
   if grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(grad_clip_norm), tx)
   return tx

@@ -40,23 +40,33 @@ def selected_record(workdir: str) -> tuple[dict, str]:
   return records[-1], "latest"
 
 
-def plot_curves(workdir: str, path: str) -> None:
+def plot_curves(workdir: str, path: str, title: str | None = None) -> None:
+  """Loss and accuracy against epochs: each evaluator's and train's per epoch
+  (markers), and the training loss and accuracy of every dispatch from TensorBoard's
+  events (a line), so that a run of one epoch is a curve too."""
   plt = _pyplot()
   records = report_lib.read_metrics(workdir)
   names = ["train"] + sorted({k[:-len("_accuracy")] for r in records for k in r
                               if k.endswith("_accuracy") and not k.startswith("train")
                               and not re.search(r"_top\d+_accuracy$", k)})
+  steps_per_epoch = records[0]["step"] / records[0]["epoch"]
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   for ax, what in zip(axes, ("loss", "accuracy")):
-    for name in names:
+    dispatches = report_lib.read_scalars(workdir, f"train/{what}")
+    if dispatches:
+      steps, values = zip(*dispatches)
+      ax.plot(np.asarray(steps) / steps_per_epoch, values, color="C0", alpha=0.4,
+              linewidth=1, label="train (each dispatch)")
+    for i, name in enumerate(names):
       points = [(r["epoch"], r[f"{name}_{what}"]) for r in records if f"{name}_{what}" in r]
       if points:
-        ax.plot(*zip(*points), marker="o", label=name)
+        ax.plot(*zip(*points), marker="o", color=f"C{i}", label=name)
     ax.set_xlabel("epoch")
     ax.set_ylabel(what)
+    ax.set_xlim(0, max(r["epoch"] for r in records) * 1.02)
     ax.grid(alpha=0.3)
     ax.legend()
-  fig.suptitle(os.path.basename(os.path.normpath(workdir)))
+  fig.suptitle(title or os.path.basename(os.path.normpath(workdir)))
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -133,28 +143,74 @@ def plot_misclassified(found, wrong: int, total: int, path: str) -> None:
   plt.close(fig)
 
 
+def run_labels(workdirs) -> list[str]:
+  """The shortest path ends that tell the runs apart: 'seed0' for one run,
+  'lr=0.001/seed0' and 'lr=0.0003/seed0' for two of a sweep."""
+  parts = [os.path.normpath(w).split(os.sep) for w in workdirs]
+  for n in range(1, max(map(len, parts)) + 1):
+    labels = ["/".join(p[-n:]) for p in parts]
+    if len(set(labels)) == len(labels):
+      return labels
+  raise ConfigError(f"report: a run is given twice: {', '.join(workdirs)}.")
+
+
+def check_runs(workdirs) -> None:
+  """Refuses, before anything is written, a folder that is not a trained run: one that
+  does not exist, a file, or a folder of runs (a sweep's), naming the runs inside."""
+  for workdir in workdirs:
+    if not os.path.isdir(workdir):
+      raise ConfigError(f"report: {workdir} is not a folder" +
+                        (" (it is a file)" if os.path.exists(workdir) else
+                         " (no such path)") + "; give a run's --workdir.")
+    if not os.path.isfile(os.path.join(workdir, report_lib.CONFIG_FILE)):
+      inside = sorted(os.path.relpath(os.path.dirname(p), workdir) for p in _configs_below(
+          workdir))
+      raise ConfigError(
+          f"report: {workdir} is not a run (no {report_lib.CONFIG_FILE})" +
+          (f"; it holds {len(inside)} run(s), e.g. {inside[0]}: give them, e.g. "
+           f"./run.sh report {os.path.join(workdir, inside[0])} ..., or a shell "
+           f"pattern such as {os.path.join(workdir, '*', '*')}." if inside else
+           "; give the --workdir a training run wrote."))
+    if not report_lib.read_metrics(workdir):
+      raise ConfigError(f"report: {workdir} has no epoch records yet (metrics.jsonl): "
+                        "it has not finished an epoch.")
+
+
+def _configs_below(folder: str, depth: int = 3) -> list[str]:
+  found = []
+  for root, dirs, files in os.walk(folder):
+    if root[len(folder):].count(os.sep) >= depth:
+      dirs[:] = []
+    if report_lib.CONFIG_FILE in files and root != folder:
+      found.append(os.path.join(root, report_lib.CONFIG_FILE))
+      dirs[:] = []  # A run's own subfolders hold no runs.
+  return found
+
+
 def report_command(workdirs, out_dir: str | None = None) -> str:
   """Writes the figures of each run and report.md into `out_dir`; returns its path."""
   if not workdirs:
     raise ConfigError("report needs --workdir W [W ...].")
   workdirs = [os.path.abspath(w) for w in workdirs]
+  check_runs(workdirs)
+  labels = run_labels(workdirs)
   out_dir = os.path.abspath(out_dir or os.path.join(workdirs[0], "report"))
   os.makedirs(out_dir, exist_ok=True)
   rows = ["| run | model | dataset | epochs | selection | step | validation accuracy | "
           "test accuracy |", "|---|---|---|---|---|---|---|---|"]
-  for workdir in workdirs:
-    name = os.path.basename(os.path.normpath(workdir))
-    prefix = os.path.join(out_dir, f"{name}_" if len(workdirs) > 1 else "")
+  for workdir, label in zip(workdirs, labels):
+    prefix = os.path.join(out_dir, label.replace("/", "_") + "_" if len(workdirs) > 1
+                          else "")
     record, rule = selected_record(workdir)
     config = report_lib.read_json(workdir, report_lib.CONFIG_FILE)
-    plot_curves(workdir, prefix + "curves.png")
+    plot_curves(workdir, prefix + "curves.png", label)
     evaluation = last_evaluation(workdir)
     if evaluation and "confusion" in evaluation:
       plot_confusion(evaluation, prefix + "confusion.png")
     plot_misclassified(*misclassified(workdir, record["step"]), prefix + "misclassified.png")
     fmt = lambda k: f"{record[k]:.4f}" if k in record else "-"
-    rows.append(f"| {name} | {config['model']} | {config['dataset']} | {record['epoch']} | "
-                f"{rule} | {record['step']} | {fmt('validation_accuracy')} | "
+    rows.append(f"| {label} | {config['model']} | {config['dataset']} | {record['epoch']} "
+                f"| {rule} | {record['step']} | {fmt('validation_accuracy')} | "
                 f"{fmt('test_accuracy')} |")
   with open(os.path.join(out_dir, "report.md"), "w") as f:
     f.write("\n".join(rows) + "\n")

@@ -13,6 +13,7 @@ import json
 import numpy as np
 
 from cnn_jax import inference
+from cnn_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +61,11 @@ def predict_command(workdir: str, step: str, paths, top_k: int = 3,
                     as_json: bool = False) -> int:
   """Prints the predictions; returns 0, or 1 when some file could not be read."""
   if not paths:
-    raise ValueError("predict needs image files: ./run.sh predict --workdir W FILE...")
+    raise ConfigError("predict needs image files: ./run.sh predict --workdir W "
+                      "[--top_k K] FILE...")
+  if top_k < 1:
+    raise ConfigError(f"--top_k={top_k}: give the number of classes to show per image, "
+                      "1 or more.")
   predictor = inference.load(workdir, step)
   results = predict_files(predictor, paths, top_k)
   if as_json:

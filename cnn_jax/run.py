@@ -228,8 +228,10 @@ def chunk_end(step: int, pos: int, steps_per_epoch: int, chunk: int, every: int)
   return end
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains `config` in `workdir`, resuming from its newest good checkpoint.
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       label: str = "") -> dict:
+  """Trains `config` in `workdir`, resuming from its newest good checkpoint; `label`
+  starts its console lines (which of several runs it is).
 
   Returns:
     The last epoch's record (train/test loss and accuracy, images/s, ...).
@@ -240,7 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   configs.check(config, jax.device_count(), jax.process_count())
   cpu.enable()  # Before anything compiles: CPU programs lower onto its kernels.
-  reporter = open_workdir(workdir)
+  reporter = open_workdir(workdir, label)
   # Signals become stop requests from here on: a stop during start-up ends the run
   # before training, one during training saves first.
   with workdir_lib.locked(workdir, reporter.info), preemption.stop_on_signals() as stop:
@@ -256,7 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       reporter.close()
   for ev in exp.evaluators:
     if f"{ev.name}_accuracy" in record:
-      reporter.info(f"final {ev.name} accuracy: {record[f'{ev.name}_accuracy']:.4f} "
+      reporter.info(f"{label}final {ev.name} accuracy: {record[f'{ev.name}_accuracy']:.4f} "
                     f"({ev.name} loss {record.get(f'{ev.name}_loss', float('nan')):.4f}, "
                     f"step {record['step']})")
   return record
@@ -344,9 +346,10 @@ def train_runs(exp: Experiment, runs: list[Run], state, epoch_sums,
   step = int(metrics_lib.host_value(part(state, 0).step))
   records = [None] * len(runs)
   splits = " / ".join(f"{n} {s}" for s, n in info.splits.items())
-  lead.info(f"{config.model}: {report_lib.model_line(exp.model_summary)}")
+  head = "" if stacked else lead.label  # Which run it is; a group's seeds each say.
+  lead.info(f"{head}{config.model}: {report_lib.model_line(exp.model_summary)}")
   lead.info(
-      f"{config.model} on {info.name}: {splits}, "
+      f"{head}{config.model} on {info.name}: {splits}, "
       f"image {info.image_shape}, {info.num_classes} classes, {exp.mesh.devices.size} "
       f"device(s) ({jax.devices()[0].platform}); {steps_per_epoch} steps/epoch, "
       f"starting at step {step} of {total_steps}; data loaded in {exp.load_sec:.2f} s "

@@ -49,9 +49,11 @@ def stack(trees: list):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def train_seeds(config, seeds: list[int], workdirs: list[str]) -> list[dict]:
+def train_seeds(config, seeds: list[int], workdirs: list[str],
+                labels: list[str] | None = None) -> list[dict]:
   """Trains seed `seeds[i]` of `config` in `workdirs[i]` (see the module docstring);
-  returns each run's last epoch record.
+  returns each run's last epoch record. `labels[i]` starts run i's console lines
+  (default 'seed S: ').
 
   Raises:
     ConfigError: the data is not in memory, or several processes run the job.
@@ -69,7 +71,8 @@ def train_seeds(config, seeds: list[int], workdirs: list[str]) -> list[dict]:
                       "by one.")
   workdirs = [os.path.abspath(w) for w in workdirs]
   runs_configs = [seed_config(config, s) for s in seeds]
-  reporters = [run.open_workdir(w, f"seed {s}: ") for s, w in zip(seeds, workdirs)]
+  labels = labels or [f"seed {s}: " for s in seeds]
+  reporters = [run.open_workdir(w, label) for label, w in zip(labels, workdirs)]
   with contextlib.ExitStack() as exits:
     for workdir, reporter in zip(workdirs, reporters):
       exits.callback(reporter.close)

@@ -83,13 +83,14 @@ def sweep(config, workdir: str, grid: dict[str, list], seeds: int,
         rows.append(summarize(setting, records, metric, epochs,
                               setting_config.num_epochs))
       continue
+    labels = [f"[{setting_name(setting)} seed{k}] " for k in range(seeds)]
     if vmap_seeds and len(pending) > 1:
       seeds_lib.train_seeds(setting_config, [config.seed + k for k in pending],
-                            [run_dirs[k] for k in pending])
+                            [run_dirs[k] for k in pending], [labels[k] for k in pending])
     else:
       for k in pending:
         run.train_and_evaluate(seeds_lib.seed_config(setting_config, config.seed + k),
-                               run_dirs[k])
+                               run_dirs[k], labels[k])
     records = [plots.selected_record(run_dir)[0] for run_dir in run_dirs]
     rows.append(summarize(setting, records, metric))
   if not rows:

@@ -85,3 +85,17 @@ def trained_run(data_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("trained") / "run")
   run.train_and_evaluate(config, workdir)
   return config, workdir, report.read_metrics(workdir)
+
+
+def run_command(*args, cwd=ROOT, env=None):
+  """`python -m cnn_jax.main ARGS` in `cwd`: the finished process (text output)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  return subprocess.run([sys.executable, "-m", "cnn_jax.main", *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "PYTHONPATH": ROOT, **(env or {})})
+
+
+@pytest.fixture
+def cli():
+  """The command line as a user runs it: cli("train", "--config", ...)."""
+  return run_command

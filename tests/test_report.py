@@ -3,12 +3,14 @@ table, and a console free of TensorFlow, TFDS and absl lines."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
 from cnn_jax import plots, report
+from cnn_jax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,11 +46,10 @@ def test_each_evaluation_keeps_its_confusion_matrix(trained_run):
 
 def test_report_writes_figures_and_a_table(trained_run, tmp_path):
   _, workdir, records = trained_run
-  out = plots.report_command([workdir, workdir], str(tmp_path / "report"))
+  out = plots.report_command([workdir], str(tmp_path / "report"))
   files = sorted(os.listdir(out))
-  assert files == ["report.md", "run_confusion.png", "run_curves.png",
-                   "run_misclassified.png"]
-  for f in files[1:]:
+  assert files == ["confusion.png", "curves.png", "misclassified.png", "report.md"]
+  for f in files[:-1]:
     with open(os.path.join(out, f), "rb") as fh:
       assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
   best = max(records, key=lambda r: r["validation_accuracy"])
@@ -111,3 +112,64 @@ def test_tensorboard_holds_the_config_as_hyperparameters(trained_run):
   assert hparams["validation_fraction"].number_value == pytest.approx(0.1)
   assert {"train/loss", "validation/accuracy", "test/accuracy"} <= set(metrics)
   assert {"train/loss", "config/text_summary"} <= tags  # All in the run's one file.
+
+
+def _two_runs_of_one_name(workdir, tmp_path):
+  """Copies of one run as a sweep lays them out: lr=0.1/seed0, lr=0.01/seed0."""
+  runs = [str(tmp_path / "sweep" / lr / "seed0") for lr in ("lr=0.1", "lr=0.01")]
+  for run in runs:
+    shutil.copytree(workdir, run)
+  return runs
+
+
+def test_report_tells_runs_of_one_base_name_apart(trained_run, tmp_path):
+  """Issue 29, item 4: lr=0.1/seed0 and lr=0.01/seed0 wrote one set of figures (the
+  second over the first) and two table rows called seed0."""
+  runs = _two_runs_of_one_name(trained_run[1], tmp_path)
+  out = plots.report_command(runs, str(tmp_path / "report"))
+  assert sorted(os.listdir(out)) == sorted(
+      f"{run}_{figure}.png" for run in ("lr=0.1_seed0", "lr=0.01_seed0")
+      for figure in ("curves", "confusion", "misclassified")) + ["report.md"]
+  table = open(os.path.join(out, "report.md")).read()
+  assert "| lr=0.1/seed0 |" in table and "| lr=0.01/seed0 |" in table
+  assert plots.run_labels(["/a/x/seed0", "/b/y/seed0", "/c/seed1"]) == [
+      "x/seed0", "y/seed0", "c/seed1"]
+
+
+def test_report_refuses_a_folder_that_is_not_a_run_writing_nothing(trained_run, tmp_path,
+                                                                   cli):
+  """Issue 29, item 5: a sweep root or a typo gave a FileNotFoundError traceback and
+  created <folder>/report/."""
+  runs = _two_runs_of_one_name(trained_run[1], tmp_path)
+  root = str(tmp_path / "sweep")
+  with pytest.raises(ConfigError, match=r"is not a run \(no config.json\); it holds 2 "
+                     r"run\(s\), e.g. lr=0.01/seed0: give them"):
+    plots.report_command([root])
+  with pytest.raises(ConfigError, match=r"typo is not a folder \(no such path\)"):
+    plots.report_command([str(tmp_path / "typo")])
+  with pytest.raises(ConfigError, match=r"is not a folder \(it is a file\)"):
+    plots.report_command([os.path.join(runs[0], "config.json")])
+  with pytest.raises(ConfigError, match="a run is given twice"):
+    plots.report_command([runs[0], runs[0]])
+  assert sorted(os.listdir(root)) == ["lr=0.01", "lr=0.1"]  # No report/ made.
+  assert not os.path.exists(tmp_path / "typo")
+  out = cli("report", root, cwd=str(tmp_path))  # The command line: one line, exit 2.
+  assert out.returncode == 2 and out.stderr.startswith("error: report: ")
+  assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_one_epoch_curves_plot_every_dispatch(trained_run, tmp_path, monkeypatch):
+  """Issue 29, item 14: a run's curves were single dots per epoch; the training loss
+  and accuracy of every dispatch (TensorBoard's) are plotted too."""
+  _, workdir, records = trained_run
+  assert [s for s, _ in report.read_scalars(workdir, "train/loss")] == [50, 56, 106, 112]
+  plotted = []
+  plt = plots._pyplot()
+  original = plt.Axes.plot
+  monkeypatch.setattr(plt.Axes, "plot", lambda ax, *a, **k: plotted.append(
+      (k.get("label"), list(a[0]))) or original(ax, *a, **k))
+  plots.plot_curves(workdir, str(tmp_path / "curves.png"))
+  per_epoch = 112 / 2
+  assert plotted[0] == ("train (each dispatch)",
+                        pytest.approx([50 / per_epoch, 1, 106 / per_epoch, 2]))
+  assert ("train", [1, 2]) in plotted and ("test", [1, 2]) in plotted

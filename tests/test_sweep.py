@@ -21,13 +21,19 @@ def test_grid_parsing_and_product(seed_config):
 
 
 def test_a_sweep_runs_each_setting_and_seed_once_and_chooses_on_validation(seed_config,
-                                                                          tmp_path):
+                                                                          tmp_path,
+                                                                          capsys):
   seed_config.train_split, seed_config.num_epochs = "train[:800]", 2
   seed_config.validation_fraction = 0.2
   seed_config.best_metric, seed_config.keep_best_checkpoints = "validation_accuracy", 1
   grid = {"learning_rate": [1e-3, 3e-3]}
   rows = sweep.sweep(seed_config, str(tmp_path), grid, seeds=2)
   assert [r["setting"] for r in rows] == [{"learning_rate": 1e-3}, {"learning_rate": 3e-3}]
+  # Issue 29, item 12: each epoch line says which setting and seed it is.
+  epochs = [l.split("epoch")[0] for l in capsys.readouterr().out.splitlines()
+            if "  step " in l]
+  assert epochs == [f"[learning_rate={lr} seed{k}] " for lr in (0.001, 0.003)
+                    for k in (0, 1) for _ in range(2)]
   for row in rows:
     values = row["validation_accuracy"]["values"]
     assert len(values) == 2 and row["validation_accuracy"]["mean"] == pytest.approx(

@@ -62,6 +62,43 @@ def offline_datasets(data_dir: str | None) -> list[str]:
   return sorted(names)
 
 
+def check_dataset(name: str, data_dir: str | None) -> None:
+  """Refuses, in under a second and before any work, a dataset that cannot load: an
+  unknown name (with the nearest known one), a missing image folder, a TFDS dataset
+  neither prepared in `data_dir` nor downloadable (no network).
+
+  Raises:
+    DatasetError: what is wrong with `name` and how to fix it.
+  """
+  if name.startswith(FOLDER_PREFIX):
+    root = os.path.abspath(os.path.expanduser(name[len(FOLDER_PREFIX):]))
+    if not os.path.isdir(root):
+      raise DatasetError(
+          f"config.dataset={name!r}: image folder {root} does not exist or is not a "
+          "directory; give 'folder:/path/to/root', with root/<class>/*.png or "
+          "root/train/<class>/... and root/test/<class>/...")
+    return
+  offline = offline_datasets(data_dir)  # The package's builders and those prepared.
+  if name in offline:
+    return
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  known = tfds.list_builders(with_community_datasets=False)
+  if name not in known:
+    import difflib  # pylint: disable=g-import-not-at-top
+    near = difflib.get_close_matches(name, offline + known, n=1)
+    raise DatasetError(
+        f"Unknown dataset {name!r}: TFDS has no dataset of that name" +
+        (f"; did you mean {near[0]!r}?" if near else ".") +
+        f" Datasets that work offline here: {', '.join(offline)}; or a folder of "
+        "images: --config.dataset=folder:/path/to/root.")
+  if not network_reachable():
+    root = os.path.expanduser(data_dir or default_data_dir())
+    raise DatasetError(
+        f"Dataset {name!r} is not prepared in {root} and cannot be downloaded: no "
+        f"network. Datasets that work offline here: {', '.join(offline)}. "
+        f"{_offline_fix(name, data_dir)}")
+
+
 def _is_prepared_dir(path: str) -> bool:
   if not os.path.isdir(path):
     return False

@@ -13,6 +13,7 @@ staying float32); a model without one runs in float32 only.
 import dataclasses
 import functools
 import importlib
+import typing
 from typing import Callable
 
 import flax.linen as nn
@@ -64,6 +65,34 @@ def _fields(constructor) -> set[str] | None:
     return None
   # Flax's own fields (parent, name) are not the model's to configure.
   return {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+
+
+_SIMPLE_TYPES = {int: "an integer", float: "a number", bool: "True or False",
+                 str: "a string", tuple: "a tuple"}
+
+
+def _check_kwarg_types(name: str, constructor, kwargs: dict) -> None:
+  """Refuses a model argument whose value is not of its field's plain annotated type
+  (int, float, bool, str, tuple); other annotations are the model's to check."""
+  cls = _module_class(constructor)
+  try:
+    hints = typing.get_type_hints(cls) if cls is not None else {}
+  except Exception:  # pylint: disable=broad-except  # Unresolvable annotations: no check.
+    return
+  for key, value in kwargs.items():
+    want = hints.get(key)
+    if want not in _SIMPLE_TYPES:
+      continue
+    ok = (isinstance(value, want) and (want is bool or not isinstance(value, bool))
+          or want is float and isinstance(value, int) and not isinstance(value, bool)
+          or want is tuple and isinstance(value, list))
+    if not ok:
+      default = next((f.default for f in dataclasses.fields(cls) if f.name == key),
+                     dataclasses.MISSING)
+      raise errors.ConfigError(
+          f"config.model_kwargs.{key}={value!r}: model {name!r} takes "
+          f"{_SIMPLE_TYPES[want]} there" +
+          ("" if default is dataclasses.MISSING else f" (default {default!r})") + ".")
 
 
 def _import(spec: str) -> Callable[..., nn.Module]:
@@ -155,6 +184,7 @@ def check_model(name: str, kwargs: dict,
         f"config.model_kwargs has {', '.join(sorted(unknown))}, which model {name!r} "
         f"does not take; its arguments: "
         f"{', '.join(sorted(fields - {'num_classes', 'dtype'})) or 'none'}.")
+  _check_kwarg_types(name, constructor, kwargs)
   if "dtype" in kwargs:
     raise errors.ConfigError(
         f"config.model_kwargs has dtype={kwargs['dtype']!r}: set the computation dtype "
