@@ -88,11 +88,13 @@ def trained_run(data_dir, tmp_path_factory):
 
 
 def run_command(*args, cwd=ROOT, env=None):
-  """`python -m cnn_jax.main ARGS` in `cwd`: the finished process (text output)."""
+  """`python -m cnn_jax.main ARGS` in `cwd`: the finished process (text output).
+  `env`: variables to set, or to remove where the value is None."""
   import subprocess  # pylint: disable=g-import-not-at-top
+  env = {**os.environ, "PYTHONPATH": ROOT, **(env or {})}
   return subprocess.run([sys.executable, "-m", "cnn_jax.main", *args], cwd=cwd,
                         capture_output=True, text=True, timeout=600,
-                        env={**os.environ, "PYTHONPATH": ROOT, **(env or {})})
+                        env={k: v for k, v in env.items() if v is not None})
 
 
 @pytest.fixture

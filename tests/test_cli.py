@@ -75,8 +75,11 @@ def test_predict_without_files_or_with_top_k_0(cli, trained_run):
 def test_export_savedmodel_prints_only_its_own_line(cli, trained_run, tmp_path):
   """Item 10: four TensorFlow/absl lines (jax2tf imported TensorFlow before its
   logging was set)."""
+  # As a user's shell has it: without the settings this process's own TensorFlow
+  # import (preparing the test data) left in its environment.
   out = cli("export", "--workdir", trained_run[1], "--format", "savedmodel", "--out",
-            str(tmp_path / "sm"))
+            str(tmp_path / "sm"), env={"TF_CPP_MIN_LOG_LEVEL": None,
+                                       "TF_ENABLE_ONEDNN_OPTS": None})
   assert out.returncode == 0 and out.stderr == ""
   assert out.stdout == (f"exported step {trained_run[2][-1]['step']} of "
                         f"{trained_run[1]} as savedmodel to {tmp_path / 'sm'}\n")
