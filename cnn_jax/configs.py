@@ -9,6 +9,7 @@ selection metric against the evaluators.
 
 import math
 import numbers
+import os
 
 from cnn_jax import evaluators as evaluators_lib
 from cnn_jax import models
@@ -40,8 +41,9 @@ _BOOL = (lambda v: isinstance(v, bool), "True or False")
 FIELDS = {
     "model": _STR,
     "dataset": _STR,
-    "data_dir": (lambda v: v is None or (isinstance(v, str) and v != ""),
-                 "None (TFDS's default) or a directory"),
+    "data_dir": (lambda v: v is None or (isinstance(v, str) and v != "" and not
+                                        os.path.isfile(os.path.expanduser(v))),
+                 "None (TFDS's default) or a directory (not a file)"),
     "train_split": _STR,
     "test_split": _STR,
     "validation_split": (lambda v: isinstance(v, str), "a split spec, or '' for none"),

@@ -68,8 +68,10 @@ def export_command(workdir: str, step: str, fmt: str, out_dir: str | None) -> st
   if not out_dir:
     raise ConfigError("export needs --out DIR (a new or empty directory).")
   out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir) and os.listdir(out_dir):
-    raise ConfigError(f"--out {out_dir} is not empty; give a new or empty directory.")
+  if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+    raise ConfigError(f"--out {out_dir} is " + ("not empty" if os.path.isdir(out_dir)
+                                                else "a file") +
+                      "; give a new or empty directory.")
   predictor = inference.load(workdir, step)
   os.makedirs(out_dir, exist_ok=True)
   path = (export_stablehlo if fmt == "stablehlo" else export_savedmodel)(predictor,

@@ -8,12 +8,15 @@ import atexit
 import difflib
 import os
 import re
+import runpy
 import sys
 import threading
+import traceback
 
 from absl import app
 from absl import flags
 from absl import logging
+import ml_collections
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -43,14 +46,17 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "prepare: TFDS data_dir to pre
                                 "into (default: TFDS's).")
 _LOCAL_PROCESSES = flags.DEFINE_integer(
     "local_processes", None, "Start this many processes of one job on this machine "
-    "(each with the devices it sees), gathering their output.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
+    "(each with the devices it sees), gathering their output.", lower_bound=1)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.",
+                                      lower_bound=1)
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.",
+                                   lower_bound=0)
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0's "
                                    "coordinator service.")
 _DISTRIBUTED_TIMEOUT = flags.DEFINE_integer(
     "distributed_timeout", 120, "Seconds to wait for the other processes to join, and "
-    "(a quarter of it, at least 10) for a silent process to be declared dead.")
+    "(a quarter of it, at least 10) for a silent process to be declared dead.",
+    lower_bound=1)
 
 # command -> its usage line.
 COMMANDS = {
@@ -195,13 +201,42 @@ def parse_flags(argv):
   argv = sys.argv[:] = _take_kwargs_overrides(argv)
   try:
     return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError) as e:
+  except Exception as e:  # pylint: disable=broad-except
+    problem = _config_file_problem(config_path, e)
+    if problem:
+      _usage_error(problem)
     if isinstance(e, flags.Error):
       message = str(e).strip().splitlines()[-1]
-    else:  # ml_collections: a chain of Attribute and KeyErrors, quoted at each level.
+    elif isinstance(e, (AttributeError, KeyError)):
+      # ml_collections: a chain of Attribute and KeyErrors, quoted at each level; or
+      # overrides of a config that is no ConfigDict.
+      _check_config_type(config_path, runpy.run_path(config_path)["get_config"]())
       message = _unknown_field_message(argv, e)
-    _usage_error(f"{message}\n(./run.sh --help lists the flags; config fields are those "
-                 "of experiments/seed_cnn.py)")
+    else:
+      raise  # A bug: its traceback.
+    _usage_error(f"{message} (./run.sh help lists each command's flags; config fields "
+                 "are those of experiments/seed_cnn.py)")
+
+
+def _config_file_problem(path: str | None, error: BaseException) -> str | None:
+  """One line for an experiment file that cannot give a config (not Python, failing
+  on its own lines, no get_config, not a ConfigDict); None for other errors."""
+  if path is None:
+    return None
+  fix = ("an experiment file is Python whose get_config() returns an "
+         "ml_collections.ConfigDict; start from experiments/seed_cnn.py")
+  if "has no attribute 'get_config'" in str(error):
+    return f"--config {path}: it defines no get_config() ({fix})."
+  target, line = os.path.abspath(path), None
+  if isinstance(error, SyntaxError) and error.filename and os.path.abspath(
+      error.filename) == target:
+    line = error.lineno
+  for frame, lineno in traceback.walk_tb(error.__traceback__):
+    if os.path.abspath(frame.f_code.co_filename) == target:
+      line = lineno
+  if line is None:
+    return None
+  return f"--config {path}, line {line}: {type(error).__name__}: {error} ({fix})."
 
 
 def _usage_error(message: str):
@@ -244,6 +279,7 @@ def _config():
   value is read as a Python literal (else a string); a key the experiment lists keeps
   its type."""
   config = _CONFIG.value
+  _check_config_type(_config_path(_original_argv), config)
   with config.unlocked():
     for field, key, text in _kwargs_overrides:
       try:
@@ -257,6 +293,12 @@ def _config():
       except TypeError as e:
         _usage_error(f"--config.{field}.{key}={text}: {e}")
   return config
+
+
+def _check_config_type(path: str, config) -> None:
+  if not isinstance(config, ml_collections.ConfigDict):
+    _usage_error(f"--config {path}: get_config() returned a {type(config).__name__}, not "
+                 "an ml_collections.ConfigDict (start from experiments/seed_cnn.py).")
 
 
 def _unknown_field_message(argv, error: BaseException) -> str:

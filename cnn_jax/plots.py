@@ -14,6 +14,7 @@ import re
 import numpy as np
 
 from cnn_jax import report as report_lib
+from cnn_jax import workdir as workdir_lib
 from cnn_jax.errors import ConfigError
 
 GRID = 5  # misclassified.png shows up to GRID x GRID images.
@@ -155,36 +156,18 @@ def run_labels(workdirs) -> list[str]:
 
 
 def check_runs(workdirs) -> None:
-  """Refuses, before anything is written, a folder that is not a trained run: one that
-  does not exist, a file, or a folder of runs (a sweep's), naming the runs inside."""
+  """Refuses, before anything is written, a folder that is not a trained run
+  (`workdir.not_a_run`: no such path, a file, a sweep's folder of runs) or one that
+  has not finished an epoch."""
   for workdir in workdirs:
-    if not os.path.isdir(workdir):
-      raise ConfigError(f"report: {workdir} is not a folder" +
-                        (" (it is a file)" if os.path.exists(workdir) else
-                         " (no such path)") + "; give a run's --workdir.")
-    if not os.path.isfile(os.path.join(workdir, report_lib.CONFIG_FILE)):
-      inside = sorted(os.path.relpath(os.path.dirname(p), workdir) for p in _configs_below(
-          workdir))
-      raise ConfigError(
-          f"report: {workdir} is not a run (no {report_lib.CONFIG_FILE})" +
-          (f"; it holds {len(inside)} run(s), e.g. {inside[0]}: give them, e.g. "
-           f"./run.sh report {os.path.join(workdir, inside[0])} ..., or a shell "
-           f"pattern such as {os.path.join(workdir, '*', '*')}." if inside else
-           "; give the --workdir a training run wrote."))
+    problem = workdir_lib.not_a_run(workdir)
+    if problem:
+      raise ConfigError(f"report: {problem}" + (
+          f" (several: ./run.sh report {os.path.join(workdir, '*', '*')})"
+          if "it holds" in problem else ""))
     if not report_lib.read_metrics(workdir):
       raise ConfigError(f"report: {workdir} has no epoch records yet (metrics.jsonl): "
                         "it has not finished an epoch.")
-
-
-def _configs_below(folder: str, depth: int = 3) -> list[str]:
-  found = []
-  for root, dirs, files in os.walk(folder):
-    if root[len(folder):].count(os.sep) >= depth:
-      dirs[:] = []
-    if report_lib.CONFIG_FILE in files and root != folder:
-      found.append(os.path.join(root, report_lib.CONFIG_FILE))
-      dirs[:] = []  # A run's own subfolders hold no runs.
-  return found
 
 
 def report_command(workdirs, out_dir: str | None = None) -> str:
@@ -195,6 +178,9 @@ def report_command(workdirs, out_dir: str | None = None) -> str:
   check_runs(workdirs)
   labels = run_labels(workdirs)
   out_dir = os.path.abspath(out_dir or os.path.join(workdirs[0], "report"))
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise ConfigError(f"report: --out {out_dir} is a file; give a directory for the "
+                      "figures.")
   os.makedirs(out_dir, exist_ok=True)
   rows = ["| run | model | dataset | epochs | selection | step | validation accuracy | "
           "test accuracy |", "|---|---|---|---|---|---|---|---|"]

@@ -460,11 +460,10 @@ def train_runs(exp: Experiment, runs: list[Run], state, epoch_sums,
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config a run wrote into `workdir`."""
-  path = os.path.join(workdir, report_lib.CONFIG_FILE)
-  if not os.path.exists(path):
-    raise checkpoint_lib.CheckpointError(
-        f"{path} does not exist: {workdir!r} is not the workdir of a run.")
-  with open(path) as f:
+  problem = workdir_lib.not_a_run(workdir)
+  if problem:
+    raise checkpoint_lib.CheckpointError(problem)
+  with open(os.path.join(workdir, report_lib.CONFIG_FILE)) as f:
     return ml_collections.ConfigDict(configs.with_legacy_defaults(json.load(f)))
 
 

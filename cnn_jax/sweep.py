@@ -16,8 +16,10 @@ import itertools
 import json
 import os
 
+import jax
 import numpy as np
 
+from cnn_jax import configs
 from cnn_jax import plots
 from cnn_jax import report as report_lib
 from cnn_jax import run
@@ -35,10 +37,17 @@ def parse_grid(specs: list[str], config) -> dict[str, list]:
                         "config, e.g. --sweep learning_rate=1e-3,3e-4.")
     kind = type(config[field])
     cast = (lambda v: v.lower() in ("1", "true", "yes")) if kind is bool else kind
+    if field in grid:
+      raise ConfigError(f"--sweep {field}= is given twice; list its values in one: "
+                        f"--sweep {field}=V1,V2,...")
     try:
       grid[field] = [cast(v) for v in values.split(",")]
     except ValueError as e:
       raise ConfigError(f"--sweep {spec!r}: {e}") from e
+    twice = sorted({str(v) for v in grid[field] if grid[field].count(v) > 1})
+    if twice:
+      raise ConfigError(f"--sweep {spec!r} lists {', '.join(twice)} more than once: each "
+                        "setting is one run per seed.")
   return grid
 
 
@@ -66,12 +75,19 @@ def sweep(config, workdir: str, grid: dict[str, list], seeds: int,
                       "(with --config.keep_best_checkpoints=1).")
   if seeds < 1:
     raise ConfigError(f"--seeds={seeds}: run at least one seed.")
-  rows = []
-  for setting in settings(grid):
+  setting_configs = []
+  for setting in settings(grid):  # Every setting checked before any trains.
     setting_config = config.copy_and_resolve_references()
     with setting_config.unlocked():
       for field, value in setting.items():
         setting_config[field] = value
+    try:
+      configs.check(setting_config, jax.device_count(), jax.process_count())
+    except ConfigError as e:
+      raise ConfigError(f"setting {setting_name(setting)} of the sweep: {e}") from e
+    setting_configs.append(setting_config)
+  rows = []
+  for setting, setting_config in zip(settings(grid), setting_configs):
     run_dirs = [os.path.join(workdir, setting_name(setting), f"seed{k}")
                 for k in range(seeds)]
     epochs = [_last_epoch(d) for d in run_dirs]  # 0: a seed not started.

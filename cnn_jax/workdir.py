@@ -12,10 +12,39 @@ import time
 import jax
 
 from cnn_jax import mesh as mesh_lib
+from cnn_jax import report as report_lib
 from cnn_jax.errors import WorkdirError
 
 LOCK_FILE = ".lock"
 STARTS_DIR = "starts"
+
+
+def not_a_run(path: str) -> str | None:
+  """Why `path` is not the workdir of a run (None: it is one): no such path, a file, or
+  a folder without config.json, naming the runs it holds (a sweep's) if any."""
+  if not os.path.isdir(path):
+    why = "it is a file" if os.path.exists(path) else "no such path"
+    return f"{path} is not a folder ({why}); give a run's --workdir."
+  if os.path.isfile(os.path.join(path, report_lib.CONFIG_FILE)):
+    return None
+  inside = sorted(os.path.relpath(root, path) for root in _runs_below(path))
+  if not inside:
+    return (f"{path} is not a run (no {report_lib.CONFIG_FILE}); give the --workdir a "
+            "training run wrote.")
+  return (f"{path} is not a run (no {report_lib.CONFIG_FILE}); it holds {len(inside)} "
+          f"run(s), e.g. {inside[0]}: give one, e.g. --workdir "
+          f"{os.path.join(path, inside[0])}")
+
+
+def _runs_below(folder: str, depth: int = 3) -> list[str]:
+  found = []
+  for root, dirs, files in os.walk(folder):
+    if root[len(folder):].count(os.sep) >= depth:
+      dirs[:] = []
+    if report_lib.CONFIG_FILE in files and root != folder:
+      found.append(root)
+      dirs[:] = []  # A run's own subfolders hold no runs.
+  return found
 
 
 def check_writable(*directories: str) -> None:

@@ -35,11 +35,12 @@ def test_a_mistyped_field_names_it_and_the_nearest_one(cli, tmp_path):
   out = cli("train", "--config", CONFIG, "--workdir", str(tmp_path / "run"),
             "--config.num_epoch=1")
   one_line_error(out, "--config.num_epoch: the config has no field 'num_epoch'; did you "
-                 "mean 'num_epochs'?\n")
+                 "mean 'num_epochs'? (./run.sh help lists each command's flags; config "
+                 "fields are those of experiments/seed_cnn.py)\n")
   out = cli("train", "--config", CONFIG, "--workdir", str(tmp_path / "run"),
             "--config.evals.tset.split=test")
   one_line_error(out, "--config.evals.tset.split: the config has no field 'tset'; did "
-                 "you mean 'test'?\n")
+                 "you mean 'test'? (")
   assert os.listdir(tmp_path) == []
 
 
@@ -137,3 +138,59 @@ def test_run_sh_with_flags_only_is_the_main_job(tmp_path):
                        cwd=tmp_path, capture_output=True, text=True, timeout=600)
   one_line_error(out, "config.batch_size=0 is not allowed")
   assert os.listdir(tmp_path) == []
+
+
+# More mistakes a new user makes (issue 29: twenty more, each in the README's table).
+@pytest.mark.parametrize("config_text, message", [
+    ("hi there\n", "line 1: SyntaxError"),
+    ("hi\n", "line 1: NameError: name 'hi' is not defined"),
+    ("import no_such_module\ndef get_config():\n  return None\n",
+     "line 1: ModuleNotFoundError: No module named 'no_such_module'"),
+    ("x = 1\n", "it defines no get_config()"),
+    ("def get_config():\n  return {'model': 'seed_cnn'}\n",
+     "get_config() returned a dict, not an ml_collections.ConfigDict"),
+])
+def test_a_config_file_that_gives_no_config(cli, tmp_path, config_text, message):
+  (tmp_path / "exp.txt").write_text(config_text)
+  out = cli("train", "--config", "exp.txt", "--workdir", "run", "--config.seed=1",
+            cwd=str(tmp_path))
+  one_line_error(out, f"--config exp.txt")
+  assert message in out.stderr and len(out.stderr.splitlines()) == 1
+  assert sorted(os.listdir(tmp_path)) == ["exp.txt"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--config", CONFIG, "--workdri", "w"],
+     "Unknown command line flag 'workdri'. Did you mean: workdir ?"),
+    (["train", "--config", CONFIG, "--workdir", "w", "--config.learning_rate=1e-3,"],
+     "flag --config.learning_rate=1e-3,: could not convert string to float"),
+    (["train", "--config", CONFIG, "--workdir", "w", "--local_processes", "-1"],
+     "flag --local_processes=-1: -1 is not a positive integer"),
+    (["predict", "--workdir", "w", "--top_k=abc", "x.png"], "flag --top_k=abc: invalid"),
+    (["export", "--workdir", "w", "--format", "onnx", "--out", "e"],
+     "flag --format=onnx: value should be one of <stablehlo|savedmodel>"),
+    (["eval", "--workdir", "sweep"], "{tmp}/sweep is not a run (no config.json); it "
+                                     "holds 1 run(s), e.g. lr=1/seed0: give one"),
+    (["eval", "--workdir", "sweep/lr=1/seed0/config.json"],
+     "{tmp}/sweep/lr=1/seed0/config.json is not a folder (it is a file)"),
+])
+def test_flags_of_every_command(cli, tmp_path, args, message):
+  """A typo in a flag, a value of the wrong type, a path that is a file, a folder that
+  is not a run: one line (with the hint on it), exit 2, nothing made."""
+  os.makedirs(tmp_path / "sweep" / "lr=1" / "seed0")
+  (tmp_path / "sweep" / "lr=1" / "seed0" / "config.json").write_text("{}")
+  out = cli(*args, cwd=str(tmp_path))
+  one_line_error(out, message.format(tmp=tmp_path))
+  assert len(out.stderr.splitlines()) == 1
+  assert sorted(os.listdir(tmp_path)) == ["sweep"]
+
+
+def test_outputs_that_are_files(trained_run, tmp_path):
+  from cnn_jax import export, plots  # pylint: disable=g-import-not-at-top
+  from cnn_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  (tmp_path / "taken").write_text("mine")
+  with pytest.raises(ConfigError, match="--out .*taken is a file; give a new or empty"):
+    export.export_command(trained_run[1], "latest", "stablehlo", str(tmp_path / "taken"))
+  with pytest.raises(ConfigError, match="report: --out .*taken is a file"):
+    plots.report_command([trained_run[1]], str(tmp_path / "taken"))
+  assert (tmp_path / "taken").read_text() == "mine"

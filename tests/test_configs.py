@@ -43,6 +43,13 @@ def base():
     ("divergence_factor", 0.5, r"divergence_factor=0.5 .* factor > 1"),
     ("model", "resnet9000", r"Unknown model 'resnet9000'"),
     ("dtype", "float16", r"dtype='float16' .* 'float32', 'bfloat16'"),
+    ("data_dir", __file__, r"data_dir=.* a directory \(not a file\)"),
+    ("model_kwargs", {"hidden": "abc"},
+     r"model_kwargs.hidden='abc': model 'seed_cnn' takes an integer there \(default 64\)"),
+    ("model_kwargs", {"hidden": 1.5}, r"model_kwargs.hidden=1.5: .* an integer"),
+    ("optimizer_kwargs", {"b1": "high"}, r"optimizer_kwargs.b1='high': 'adam' takes a "
+                                         r"number there"),
+    ("optimizer_kwargs", {"momentum": 0.9}, r"optimizer_kwargs=.* do not fit 'adam'"),
 ])
 def test_bad_fields_name_the_field_value_and_what_is_allowed(field, value, message):
   config = base()

@@ -143,7 +143,7 @@ def test_report_refuses_a_folder_that_is_not_a_run_writing_nothing(trained_run, 
   runs = _two_runs_of_one_name(trained_run[1], tmp_path)
   root = str(tmp_path / "sweep")
   with pytest.raises(ConfigError, match=r"is not a run \(no config.json\); it holds 2 "
-                     r"run\(s\), e.g. lr=0.01/seed0: give them"):
+                     r"run\(s\), e.g. lr=0.01/seed0: give one"):
     plots.report_command([root])
   with pytest.raises(ConfigError, match=r"typo is not a folder \(no such path\)"):
     plots.report_command([str(tmp_path / "typo")])

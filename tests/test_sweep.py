@@ -18,6 +18,22 @@ def test_grid_parsing_and_product(seed_config):
     sweep.parse_grid(["learning_rat=1"], seed_config)
   with pytest.raises(ConfigError, match="could not convert"):
     sweep.parse_grid(["learning_rate=fast"], seed_config)
+  # A value or a field given twice: one run and two rows, or the last flag silently.
+  with pytest.raises(ConfigError, match="lists 0.001 more than once"):
+    sweep.parse_grid(["learning_rate=1e-3,0.001"], seed_config)
+  with pytest.raises(ConfigError, match="learning_rate= is given twice; list its values "
+                                        "in one"):
+    sweep.parse_grid(["learning_rate=1e-3", "learning_rate=3e-4"], seed_config)
+
+
+def test_every_setting_is_checked_before_any_trains(seed_config, tmp_path):
+  """A bad value in a later setting was refused only after the earlier ones trained."""
+  seed_config.validation_fraction = 0.2
+  seed_config.best_metric, seed_config.keep_best_checkpoints = "validation_accuracy", 1
+  with pytest.raises(ConfigError, match="setting batch_size=0 of the sweep: "
+                                        "config.batch_size=0 is not allowed"):
+    sweep.sweep(seed_config, str(tmp_path / "sweep"), {"batch_size": [32, 0]}, seeds=1)
+  assert not (tmp_path / "sweep").exists()
 
 
 def test_a_sweep_runs_each_setting_and_seed_once_and_chooses_on_validation(seed_config,
