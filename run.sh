@@ -34,7 +34,7 @@ case "$cmd" in
   test)
     cd "$root" && exec "$py" -m pytest "$@" ;;
   bench)
-    cd "$root" && exec "$py" -m cnn_jax.bench "$@" ;;
+    cd "$root" && exec "$py" -m benchmarks "$@" ;;
   *)
     exec "$py" -m cnn_jax.main "$cmd" "$@" ;;
 esac

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cnn_jax.cpu import flags as xla_flags
-from cnn_jax.bench import cli, method, plan, profile, render
+from benchmarks import cli, method, plan, profile, render
 
 
 def feed(steady: method.SteadyState, rates, images=1000) -> int:
@@ -137,7 +137,7 @@ def test_experimental_xla_flags_only_on_the_jaxlib_they_were_measured_on():
 def test_keras_network_is_ours(model, shape, params):
   """Same parameter count, and from our initial weights the same loss on the same
   first batch (training mode: BatchNorm on batch statistics; dropout off on both)."""
-  from cnn_jax.bench import keras_nets  # pylint: disable=g-import-not-at-top
+  from benchmarks import keras_nets  # pylint: disable=g-import-not-at-top
   _, keras = keras_nets.import_keras()
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
@@ -173,7 +173,7 @@ UNSEEN = "benchmarks.unseen.flax_nets:"
 def test_unseen_keras_twin_is_the_plain_flax_network(name, count):
   """The bench's networks written outside the package: same parameter count, same loss
   from the same weights on one batch (evaluation mode: dropout off)."""
-  from cnn_jax.bench import keras_nets  # pylint: disable=g-import-not-at-top
+  from benchmarks import keras_nets  # pylint: disable=g-import-not-at-top
   _, keras = keras_nets.import_keras()
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
@@ -202,7 +202,7 @@ def test_unseen_keras_twin_is_the_plain_flax_network(name, count):
 
 @pytest.mark.slow
 def test_keras_network_rejects_weights_of_another_network():
-  from cnn_jax.bench import keras_nets  # pylint: disable=g-import-not-at-top
+  from benchmarks import keras_nets  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from cnn_jax import models, train  # pylint: disable=g-import-not-at-top
@@ -299,7 +299,7 @@ def _gpu_row(name, dtype, rates, flops=None):
 
 def test_gpu_ratios_compare_each_sides_best_and_name_the_targets():
   """gpu.add_ratios and gpu.targets on synthetic measurements (no GPU, no torch)."""
-  from cnn_jax.bench import gpu  # pylint: disable=g-import-not-at-top
+  from benchmarks import gpu  # pylint: disable=g-import-not-at-top
   rows = [_gpu_row("ours float32", "float32", [200, 300, 250], flops=1e6),
           _gpu_row("ours bfloat16", "bfloat16", [400, 410, 390]),
           _gpu_row("torch eager float32, as shipped", "float32", [100, 120, 110]),

@@ -15,9 +15,9 @@ reads each dispatch's loss).
 
 import time
 
-from cnn_jax.bench import method
-from cnn_jax.bench import torch_nets
-from cnn_jax.bench import workers
+from benchmarks import method
+from benchmarks import torch_nets
+from benchmarks import workers
 
 LEARNING_RATE = 1e-3
 WARMUP_STEPS = 3  # Compilation and cudnn's algorithm search happen here, untimed.

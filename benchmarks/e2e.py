@@ -24,8 +24,8 @@ import sys
 import tempfile
 import time
 
-from cnn_jax.bench import method
-from cnn_jax.bench import workers
+from benchmarks import method
+from benchmarks import workers
 
 BATCH_SIZE = 32
 EVENT = "BENCH_EVENT "
@@ -112,7 +112,7 @@ def run_ours(name: str, data_dir: str | None, epochs: int, eval_batch: int,
 
 def run_keras(arrays: str, epochs: int, eval_batch: int, settings: dict | None) -> dict:
   """The tutorial script, as shipped (`settings` None) or with `settings`."""
-  args = [sys.executable, "-m", "cnn_jax.bench.keras_e2e", "--data", arrays,
+  args = [sys.executable, "-m", "benchmarks.keras_e2e", "--data", arrays,
           "--epochs", str(epochs)]
   if settings:
     args += ["--float32", "--steps-per-execution", str(settings["steps_per_execution"]),

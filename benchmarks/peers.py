@@ -9,9 +9,9 @@ of windows, so no window runs short at the end of a pass over the data.
 
 import time
 
-from cnn_jax.bench import keras_nets
-from cnn_jax.bench import method
-from cnn_jax.bench import workers
+from benchmarks import keras_nets
+from benchmarks import method
+from benchmarks import workers
 
 
 def setup(spec: dict):

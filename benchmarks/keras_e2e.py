@@ -1,6 +1,6 @@
 """The Keras tutorial's script (tensorflow.org/tutorials/images/cnn) on the bench's data.
 
-  python -m cnn_jax.bench.keras_e2e --data ARRAYS.npz --epochs 5 [best settings]
+  python -m benchmarks.keras_e2e --data ARRAYS.npz --epochs 5 [best settings]
 
 As shipped: images `/ 255.0` (float64), `model.fit(x, y, epochs=...,
 validation_data=(test images, test labels))` with every other argument at its default
@@ -13,7 +13,7 @@ last epoch's. Imports no JAX.
 import argparse
 import sys
 
-from cnn_jax.bench import keras_nets
+from benchmarks import keras_nets
 
 EVENT = "BENCH_EVENT "
 

@@ -12,7 +12,7 @@ import re
 import tempfile
 import time
 
-from cnn_jax.bench import ours as ours_lib
+from benchmarks import ours as ours_lib
 
 PREFIX = "jit(train_steps)/while/body/closed_call/"
 # Primitives that stand for the ReLU and 2x2 max-pool (forward and gradient).

@@ -20,9 +20,9 @@ import contextlib
 import datetime
 import time
 
-from cnn_jax.bench import method
-from cnn_jax.bench import plan
-from cnn_jax.bench import workers
+from benchmarks import method
+from benchmarks import plan
+from benchmarks import workers
 
 GPU_CELLS = (
     plan.Cell("vgg_bn", 512, (28, 28, 1), "vgg_bn_fashion_mnist", 60, 4, ()),
@@ -122,7 +122,7 @@ def matmul_peak(seconds: float = 1.0) -> dict:
   may use TF32) and bfloat16: the best of two square sizes."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from cnn_jax.bench import ours  # pylint: disable=g-import-not-at-top
+  from benchmarks import ours  # pylint: disable=g-import-not-at-top
   dot = jax.jit(lambda x: x @ x)
   rates, best = {}, {}
   for dtype in ("float32", "bfloat16"):

@@ -1,7 +1,7 @@
 """The bench's tables in Markdown, from its JSON alone: what a run prints and what
 `./run.sh bench --markdown FILE` prints for docs/performance.md are the same text."""
 
-from cnn_jax.bench import plan
+from benchmarks import plan
 
 MODEL_NAMES = {"seed_cnn": "tutorial CNN", "vgg_bn": "VGG-BN", "resnet20": "ResNet-20"}
 # The header's word on the vector width (the machine record's "avx512": unknown is None).

@@ -9,11 +9,11 @@ import os
 import sys
 import time
 
-from cnn_jax.bench import e2e
-from cnn_jax.bench import method
-from cnn_jax.bench import plan
-from cnn_jax.bench import render
-from cnn_jax.bench import workers
+from benchmarks import e2e
+from benchmarks import method
+from benchmarks import plan
+from benchmarks import render
+from benchmarks import workers
 
 E2E_EPOCHS = 5
 # Keras settings within this share of the fastest tuning measurement (one each) are
@@ -29,7 +29,7 @@ def progress(message: str) -> None:
 
 def _setups():
   # pylint: disable=g-import-not-at-top
-  from cnn_jax.bench import gpu, ours, peers, torch_peer
+  from benchmarks import gpu, ours, peers, torch_peer
   return {"ours": ours.setup, "keras": peers.setup, "peak": ours.setup_peak,
           "torch": torch_peer.setup, "gpu_peak": gpu.setup_peak}
 
@@ -282,7 +282,7 @@ def _write(results: dict, path: str) -> None:
 
 
 def _gpu_main(args) -> int:
-  from cnn_jax.bench import gpu  # pylint: disable=g-import-not-at-top
+  from benchmarks import gpu  # pylint: disable=g-import-not-at-top
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -317,7 +317,7 @@ def main(argv=None) -> int:
   if args.gpu:
     return _gpu_main(args)
   if args.profile:
-    from cnn_jax.bench import profile  # pylint: disable=g-import-not-at-top
+    from benchmarks import profile  # pylint: disable=g-import-not-at-top
     (cell,) = select_cells(args.profile, quick)[:1]
     print(profile.markdown(profile.profile(cell)))
     return 0

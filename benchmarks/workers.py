@@ -18,7 +18,7 @@ import tempfile
 import traceback
 
 READY, RESULT = "BENCH_READY ", "BENCH_RESULT "
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class WorkerError(RuntimeError):
@@ -35,7 +35,7 @@ class Worker:
     # A file, not a pipe: a chatty worker never blocks on a full stderr pipe.
     self._stderr = tempfile.TemporaryFile(mode="w+")
     self._proc = subprocess.Popen(
-        [sys.executable, "-m", "cnn_jax.bench", "--worker", kind, "--spec",
+        [sys.executable, "-m", "benchmarks", "--worker", kind, "--spec",
          json.dumps(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=self._stderr, text=True, env={**subprocess_env(), **(env or {})})
     self.info = None

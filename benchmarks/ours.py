@@ -11,8 +11,8 @@ import itertools
 import os
 import time
 
-from cnn_jax.bench import method
-from cnn_jax.bench import workers
+from benchmarks import method
+from benchmarks import workers
 
 
 def bench_config(spec: dict):
