@@ -116,11 +116,40 @@ def conv(dtype: Any = None) -> ModuleDef:
   return functools.partial(nn.Conv, dtype=dtype)
 
 
-def parts(model, train: bool) -> tuple[ModuleDef, ModuleDef, Callable]:
-  """(conv, norm, act) of a network with `norm`, `act`, `bn_momentum` and `dtype`
-  fields, resolved for training (`train`) or evaluation."""
-  return (conv(model.dtype), norm(model.norm, train, model.bn_momentum, model.dtype),
-          act(model.act))
+class Network(nn.Module):
+  """What the zoo's convolutional networks share: logits for `num_classes`, built from
+  the parts `norm` and `act` (by name or as objects), computing in `dtype`, with
+  BatchNorm's `bn_momentum`. A network subclasses it, adds its own fields (each with
+  a default) and resolves its parts with `self.parts(train)`."""
+
+  num_classes: int
+  bn_momentum: float = 0.9
+  norm: Any = "batch"
+  act: Any = "relu"
+  dtype: Any = None  # Of activations and computations (config.dtype); None: inputs'.
+
+  def parts(self, train: bool) -> tuple[ModuleDef, ModuleDef, Callable]:
+    """(conv, norm, act) resolved for training (`train`) or evaluation."""
+    return (conv(self.dtype), norm(self.norm, train, self.bn_momentum, self.dtype),
+            act(self.act))
+
+
+def check_depth(network: str, depth: int, base: int, examples: str) -> None:
+  """Refuses a `depth` not of the form 6n + `base` with n >= 1 (`examples`)."""
+  if depth < 6 + base or (depth - base) % 6:
+    raise errors.ConfigError(f"{network} depth={depth} is not of the form 6n + {base} "
+                             f"with n >= 1 ({examples}, ...).")
+
+
+class Block(nn.Module):
+  """What the zoo's blocks share: `filters` output channels, the network's resolved
+  `conv`, `norm` and `act`, and the stride of the block's first strided layer."""
+
+  filters: int
+  conv: ModuleDef
+  norm: ModuleDef
+  act: Callable
+  strides: int = 1
 
 
 def pool(value: str | Callable) -> Callable[[jax.Array], jax.Array]:

@@ -12,7 +12,7 @@ flax's ImageNet example; the networks take their names from the config.
 """
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -21,7 +21,6 @@ import jax.numpy as jnp
 from cnn_jax import errors
 from cnn_jax.models import components
 
-ModuleDef = Any
 
 
 def _pad(kernel: int):
@@ -29,7 +28,7 @@ def _pad(kernel: int):
   return ((kernel // 2, kernel // 2),) * 2
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(components.Block):
   """Two 3x3 convolutions, each normalised; the second's activation comes after the
   sum with the shortcut.
 
@@ -38,11 +37,6 @@ class BasicBlock(nn.Module):
   stride, new channels zero: no parameters).
   """
 
-  filters: int
-  conv: ModuleDef
-  norm: ModuleDef
-  act: Callable
-  strides: int = 1
   shortcut: str = "projection"
   # The last norm's scale starts at zero, so the block starts as an identity.
   zero_init: bool = False
@@ -57,15 +51,10 @@ class BasicBlock(nn.Module):
     return self.act(_shortcut(self, x, y.shape) + y)
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(components.Block):
   """1x1 down to `filters`, 3x3 (strided), 1x1 up to 4 * `filters`, each normalised;
   projection shortcut where the shapes differ."""
 
-  filters: int
-  conv: ModuleDef
-  norm: ModuleDef
-  act: Callable
-  strides: int = 1
   shortcut: str = "projection"
   zero_init: bool = False
 
@@ -99,7 +88,7 @@ def _shortcut(block: nn.Module, x: jax.Array, shape) -> jax.Array:
 BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
 
 
-class ResNet(nn.Module):
+class ResNet(components.Network):
   """The ImageNet form: stem, stages of `stage_sizes` blocks (`block` "basic" or
   "bottleneck") of `width` * 2^stage filters, global average pool, dense logits.
 
@@ -107,19 +96,14 @@ class ResNet(nn.Module):
   parameters, as torchvision's (plus BatchNorm statistics). Inputs of 32x32 or more.
   """
 
-  num_classes: int
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   block: str = "basic"
   width: int = 64
   zero_init_residual: bool = True  # As flax's ImageNet example (Goyal et al., 2017).
-  bn_momentum: float = 0.9
-  norm: Any = "batch"
-  act: Any = "relu"
-  dtype: Any = None  # Of activations and computations (config.dtype); None: inputs'.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv, norm, act = components.parts(self, train)
+    conv, norm, act = self.parts(train)
     block = components.lookup(BLOCKS, self.block, "block", "residual block")
     x = conv(self.width, (7, 7), (2, 2), padding=_pad(7), use_bias=False,
              name="conv_init")(x)
@@ -134,7 +118,7 @@ class ResNet(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype)(x)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(components.Network):
   """The CIFAR form: 3x3 stem of `width` filters, three stages of (depth - 2) / 6
   basic blocks of `width`, 2 * `width`, 4 * `width` filters (stride 2 entering the
   second and third), global average pool, dense logits.
@@ -145,26 +129,18 @@ class CifarResNet(nn.Module):
   464,154 and ResNet56 853,018; the paper rounds them to 0.27M, 0.46M and 0.85M.
   """
 
-  num_classes: int
   depth: int = 20
   width: int = 16
   shortcut: str = "pad"
-  bn_momentum: float = 0.9
-  norm: Any = "batch"
-  act: Any = "relu"
-  dtype: Any = None  # Of activations and computations (config.dtype); None: inputs'.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    if self.depth < 8 or (self.depth - 2) % 6:
-      raise errors.ConfigError(
-          f"CifarResNet depth={self.depth} is not of the form 6n + 2 with n >= 1 "
-          "(20, 32, 44, 56, 110, ...).")
+    components.check_depth("CifarResNet", self.depth, 2, "20, 32, 44, 56, 110")
     if self.shortcut not in ("pad", "projection"):
       raise errors.ConfigError(
           f"CifarResNet shortcut={self.shortcut!r}: use 'pad' (option A) or "
           "'projection' (option B).")
-    conv, norm, act = components.parts(self, train)
+    conv, norm, act = self.parts(train)
     x = conv(self.width, (3, 3), padding=_pad(3), use_bias=False, name="conv_init")(x)
     x = act(norm(name="norm_init")(x))
     for i in range(3):

@@ -1,6 +1,6 @@
 """A small VGG-style network with BatchNorm and Dropout, sized for 28x28 images."""
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -8,7 +8,7 @@ import jax
 from cnn_jax.models import components
 
 
-class VGGBN(nn.Module):
+class VGGBN(components.Network):
   """Blocks of [Conv 3x3 SAME -> BatchNorm -> ReLU] x `convs_per_block`, each block
   followed by max-pool 2x2/2 and Dropout; then Dense(`hidden`) -> BatchNorm -> ReLU ->
   Dropout -> Dense(logits).
@@ -21,20 +21,15 @@ class VGGBN(nn.Module):
   as objects: `norm` "batch", "group", "layer" or "none"; `act` "relu", "gelu", ...
   """
 
-  num_classes: int
   widths: Sequence[int] = (32, 64)
   convs_per_block: int = 2
   hidden: int = 256
   dropout_rate: float = 0.2
   head_dropout_rate: float = 0.3
-  bn_momentum: float = 0.9
-  norm: Any = "batch"
-  act: Any = "relu"
-  dtype: Any = None  # Of activations and computations (config.dtype); None: inputs'.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv, norm, act = components.parts(self, train)
+    conv, norm, act = self.parts(train)
     for width in self.widths:
       for _ in range(self.convs_per_block):
         x = conv(width, (3, 3), padding="SAME", use_bias=False)(x)

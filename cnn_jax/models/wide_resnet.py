@@ -1,28 +1,20 @@
 """Wide residual networks (Zagoruyko & Komodakis, 2016): pre-activation, CIFAR-sized."""
 
 import functools
-from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cnn_jax import errors
 from cnn_jax.models import components
 
-ModuleDef = Any
 
 
-class WideBlock(nn.Module):
+class WideBlock(components.Block):
   """norm -> act -> 3x3 conv (strided) -> norm -> act -> dropout -> 3x3 conv, plus the
   input; where the shapes differ, the shortcut is a strided 1x1 convolution of the
   activated input, as in the authors' code."""
 
-  filters: int
-  conv: ModuleDef
-  norm: ModuleDef
-  act: Callable
-  strides: int = 1
   dropout_rate: float = 0.0
 
   @nn.compact
@@ -39,7 +31,7 @@ class WideBlock(nn.Module):
     return shortcut + y
 
 
-class WideResNet(nn.Module):
+class WideResNet(components.Network):
   """WRN-`depth`-`widen_factor`: a 3x3 stem of 16 filters, three groups of
   (depth - 4) / 6 wide blocks of 16k, 32k, 64k filters (stride 2 entering the second
   and third), a final norm and activation, global average pool, dense logits.
@@ -49,22 +41,14 @@ class WideResNet(nn.Module):
   36.5M).
   """
 
-  num_classes: int
   depth: int = 28
   widen_factor: int = 10
   dropout_rate: float = 0.0
-  bn_momentum: float = 0.9
-  norm: Any = "batch"
-  act: Any = "relu"
-  dtype: Any = None  # Of activations and computations (config.dtype); None: inputs'.
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    if self.depth < 10 or (self.depth - 4) % 6:
-      raise errors.ConfigError(
-          f"WideResNet depth={self.depth} is not of the form 6n + 4 with n >= 1 "
-          "(10, 16, 22, 28, 40, ...).")
-    conv, norm, act = components.parts(self, train)
+    components.check_depth("WideResNet", self.depth, 4, "10, 16, 22, 28, 40")
+    conv, norm, act = self.parts(train)
     x = conv(16, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name="conv_init")(x)
     for i in range(3):
       for j in range((self.depth - 4) // 6):

