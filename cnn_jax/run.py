@@ -6,6 +6,7 @@ import json
 import math
 import os
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -158,11 +159,20 @@ def train_steps_fn(config, preprocess, augment, mix, batch_sharding):
                            batch_sharding=batch_sharding)
 
 
-def compile_train_chunk(config, preprocess, augment, mix, batch_sharding):
-  """The run's jitted `train.train_steps` (state donated): what every dispatch runs,
+def jit_train_chunk(train_fn, mapped: bool = False):
+  """The one jitted chunk of training steps (state donated): `train_fn` (a bound
+  `train.train_steps`), `mapped` over a leading axis of runs (vmapped seeds, their
+  data arrays shared). What every dispatch of the runner runs, one run or several,
   and what `./run.sh bench` times."""
-  return jax.jit(train_steps_fn(config, preprocess, augment, mix, batch_sharding),
-                 donate_argnums=0)
+  if mapped:
+    train_fn = jax.vmap(train_fn, in_axes=(0, None, 0))
+  return jax.jit(train_fn, donate_argnums=0)
+
+
+def compile_train_chunk(config, preprocess, augment, mix, batch_sharding):
+  """`jit_train_chunk` of the config's steps with these input functions (the bench's
+  entry point: no dataset needed)."""
+  return jit_train_chunk(train_steps_fn(config, preprocess, augment, mix, batch_sharding))
 
 
 def configured_splits(config) -> list[str]:
@@ -201,7 +211,7 @@ def build_experiment(config) -> Experiment:
   state = jax.jit(create, out_shardings=mesh_lib.replicated(mesh))(
       root_keys(config.seed)["init"])
   train_fn, evaluate_fn = step_functions(config, data, mesh)
-  return Experiment(config, mesh, data, state, jax.jit(train_fn, donate_argnums=0),
+  return Experiment(config, mesh, data, state, jit_train_chunk(train_fn),
                     jax.jit(evaluate_fn, static_argnames=("top_k", "ema")),
                     fingerprint(config, info), optim.make_schedule(**schedule), load_sec,
                     evaluators, models.summary(model, info.image_shape), create,
@@ -336,126 +346,162 @@ def train_runs(exp: Experiment, runs: list[Run], state, epoch_sums,
   they are stacked on a leading axis of one entry per run, and `exp.train_chunk` maps
   over it (the data arrays shared, each run's batches its own).
   """
-  config, info = exp.config, exp.data.info
-  stacked, lead = len(runs) > 1, runs[0].reporter
-  part = (lambda tree, k: jax.tree.map(lambda x: x[k], tree)) if stacked else (
-      lambda tree, k: tree)
-  steps_per_epoch = exp.data.steps_per_epoch
-  total_steps = steps_per_epoch * config.num_epochs
-  chunk, every = max(1, config.steps_per_dispatch), config.checkpoint_every_steps
-  step = int(metrics_lib.host_value(part(state, 0).step))
-  records = [None] * len(runs)
-  splits = " / ".join(f"{n} {s}" for s, n in info.splits.items())
-  head = "" if stacked else lead.label  # Which run it is; a group's seeds each say.
-  lead.info(f"{head}{config.model}: {report_lib.model_line(exp.model_summary)}")
-  lead.info(
-      f"{head}{config.model} on {info.name}: {splits}, "
-      f"image {info.image_shape}, {info.num_classes} classes, {exp.mesh.devices.size} "
-      f"device(s) ({jax.devices()[0].platform}); {steps_per_epoch} steps/epoch, "
-      f"starting at step {step} of {total_steps}; data loaded in {exp.load_sec:.2f} s "
-      f"({exp.data.pipeline})"
-      + (f"; {len(runs)} seeds in one program (jax.vmap)" if stacked else ""))
-
-  def save(metrics=lambda k: None):
-    epoch, pos = divmod(step, steps_per_epoch)
-    for k, r in enumerate(runs):
-      meta = {"step": step, "epoch": epoch, "position": pos,
-              "fingerprint": r.fingerprint,
-              "epoch_sums": metrics_lib.to_host(part(epoch_sums, k))}
-      r.ckpts.save(step, part(state, k), meta=meta, metrics=metrics(k))
-
-  def preempted():
-    for r in runs:
-      r.ckpts.wait()
-    return preemption.Preempted(step, stop.signum)
-
-  def check_chunk(sums, epoch: int, first: int, last: int):
-    """Reads a dispatch's metric sums: divergence check and TensorBoard scalars."""
-    sums = jax.tree.map(metrics_lib.host_value, sums)
-    learning_rate = float(exp.schedule(last))
-    for k, r in enumerate(runs):
-      chunk_metrics = metrics_lib.summarize(part(sums, k), "train")
-      try:
-        check_divergence(chunk_metrics["train_loss"], info.num_classes,
-                         config.divergence_factor, epoch, first, last,
-                         r.ckpts.latest_step())
-      except errors.DivergenceError as e:
-        if not stacked:
-          raise
-        raise errors.DivergenceError(f"{r.workdir}: {e}") from None
-      r.reporter.scalars(last, {**chunk_metrics, "learning_rate": learning_rate})
-
+  loop = _Loop(exp, runs, stop, state, epoch_sums)
+  loop.announce()
   if preemption.agreed(stop):  # During start-up: nothing new to save.
-    raise preemption.Preempted(step, stop.signum, saved=False)
-  while step < total_steps:
-    epoch, pos = divmod(step, steps_per_epoch)
+    raise preemption.Preempted(loop.step, stop.signum, saved=False)
+  while loop.step < loop.total_steps:
+    epoch, pos = divmod(loop.step, loop.steps_per_epoch)
     batches = [r.data.train_epoch(epoch, pos) for r in runs]
-    first_pos, t0 = pos, time.perf_counter()
-    # Each dispatch's sums are read after the next one is queued, so the device never
-    # waits for the host's checks; every check is done before anything is saved.
-    unchecked = None
-    with lead.progress(steps_per_epoch, pos, epoch + 1) as bar:
-      while pos < steps_per_epoch:
-        end = chunk_end(step, pos, steps_per_epoch, chunk, every)
-        inputs = [b.take(pos, end) for b in batches]
-        index = np.stack([i.index for i in inputs]) if stacked else inputs[0].index
-        state, sums = exp.train_chunk(state, inputs[0].arrays, index)
-        epoch_sums = train_lib.add_metrics(epoch_sums, sums)
-        if unchecked:
-          check_chunk(*unchecked)
-        unchecked = (sums, epoch, step, step + end - pos)
-        step += end - pos
-        bar.update(end - pos)
-        pos = end
-        stopping = preemption.agreed(stop)
-        if pos < steps_per_epoch and (stopping or (every and step % every == 0)):
-          check_chunk(*unchecked)
-          unchecked = None
-          save()
-          if stopping:
-            raise preempted()
-      if unchecked:
-        check_chunk(*unchecked)
+    t0 = time.perf_counter()
+    loop.train_epoch(epoch, pos, batches)  # Saves on the way where asked, or stopped.
     train_time = time.perf_counter() - t0
-    evals = []
-    for k, r in enumerate(runs):
-      t1 = time.perf_counter()
-      scalars, details = exp.evaluate_due(part(state, k), epoch + 1)
-      eval_time = time.perf_counter() - t1
-      evaluated = sum(info.splits[ev.split] for ev in exp.evaluators
-                      if ev.name in details)
-      records[k] = {
-          "epoch": epoch + 1, "step": step,
-          **metrics_lib.summarize(part(epoch_sums, k), "train"), **scalars,
-          # Each run's own: the program trains all of them in that time.
-          "images_per_sec": (pos - first_pos) * config.batch_size / train_time,
-          "eval_images_per_sec": evaluated / eval_time,
-          "data_wait_sec": batches[k].wait_sec,
-          "learning_rate": float(exp.schedule(step)),
-          "epoch_time_sec": train_time + eval_time,
-      }
-      # The record goes first: if the save below is cut short, the resumed run
-      # drops it (it is past the checkpoint) and redoes the epoch.
-      r.reporter.epoch(records[k], details)
-      evals.append(scalars)
-    epoch_sums = jax.tree.map(jnp.zeros_like, epoch_sums)
-    save(metrics=lambda k: evals[k] if config.best_metric in evals[k] else None)
-    if preemption.agreed(stop) and step < total_steps:
-      raise preempted()
+    evals = loop.evaluate_epoch(epoch, loop.steps_per_epoch - pos, batches, train_time)
+    loop.epoch_sums = jax.tree.map(jnp.zeros_like, loop.epoch_sums)
+    loop.save(metrics=lambda k: evals[k] if exp.config.best_metric in evals[k] else None)
+    if preemption.agreed(stop) and loop.step < loop.total_steps:
+      raise loop.preempted()
   # The last save completes while signals are still turned into stop requests.
   for r in runs:
     r.ckpts.wait()
   if stop:
-    lead.info(f"{preemption.signal_name(stop.signum)} came after the last epoch: "
-              "the run is complete")
+    runs[0].reporter.info(f"{preemption.signal_name(stop.signum)} came after the last "
+                          "epoch: the run is complete")
+  loop.report_restored()
+  return loop.records
 
-  for k, r in enumerate(runs):
-    if records[k] is None:  # Nothing left to train: report the restored state.
-      previous = report_lib.read_metrics(r.workdir)
-      records[k] = {**(previous[-1] if previous else {}),
-                    **exp.evaluate_due(part(state, k))[0], "step": step}
-      r.reporter.info("training already complete; evaluated the latest checkpoint")
-  return records
+
+@dataclasses.dataclass
+class _Loop:
+  """What `train_runs`' loop carries from dispatch to dispatch (state, sums, step,
+  each run's last record) and the steps it takes, for one run or a stack of several."""
+  exp: Experiment
+  runs: list[Run]
+  stop: preemption.StopRequest
+  state: Any
+  epoch_sums: Any
+
+  def __post_init__(self):
+    config = self.exp.config
+    self.stacked = len(self.runs) > 1
+    self.steps_per_epoch = self.exp.data.steps_per_epoch
+    self.total_steps = self.steps_per_epoch * config.num_epochs
+    self.chunk = max(1, config.steps_per_dispatch)
+    self.every = config.checkpoint_every_steps
+    self.step = int(metrics_lib.host_value(self.part(self.state, 0).step))
+    self.records = [None] * len(self.runs)
+
+  def part(self, tree, k: int):
+    """Run k's entries of a stacked tree (the tree itself for one run)."""
+    return jax.tree.map(lambda x: x[k], tree) if self.stacked else tree
+
+  def announce(self) -> None:
+    exp, config, info = self.exp, self.exp.config, self.exp.data.info
+    lead = self.runs[0].reporter
+    head = "" if self.stacked else lead.label  # Which run it is; a group's seeds each say.
+    splits = " / ".join(f"{n} {s}" for s, n in info.splits.items())
+    lead.info(f"{head}{config.model}: {report_lib.model_line(exp.model_summary)}")
+    lead.info(
+        f"{head}{config.model} on {info.name}: {splits}, "
+        f"image {info.image_shape}, {info.num_classes} classes, "
+        f"{exp.mesh.devices.size} device(s) ({jax.devices()[0].platform}); "
+        f"{self.steps_per_epoch} steps/epoch, starting at step {self.step} of "
+        f"{self.total_steps}; data loaded in {exp.load_sec:.2f} s ({exp.data.pipeline})"
+        + (f"; {len(self.runs)} seeds in one program (jax.vmap)" if self.stacked else ""))
+
+  def train_epoch(self, epoch: int, pos: int, batches) -> None:
+    """Dispatches the epoch's steps from `pos`, checking each dispatch's sums after the
+    next is queued (the device never waits for the host's checks; every check is done
+    before anything is saved), saving every `checkpoint_every_steps` or when stopped."""
+    unchecked = None
+    with self.runs[0].reporter.progress(self.steps_per_epoch, pos, epoch + 1) as bar:
+      while pos < self.steps_per_epoch:
+        end = chunk_end(self.step, pos, self.steps_per_epoch, self.chunk, self.every)
+        inputs = [b.take(pos, end) for b in batches]
+        index = np.stack([i.index for i in inputs]) if self.stacked else inputs[0].index
+        self.state, sums = self.exp.train_chunk(self.state, inputs[0].arrays, index)
+        self.epoch_sums = train_lib.add_metrics(self.epoch_sums, sums)
+        if unchecked:
+          self.check_chunk(*unchecked)
+        unchecked = (sums, epoch, self.step, self.step + end - pos)
+        self.step += end - pos
+        bar.update(end - pos)
+        pos = end
+        stopping = preemption.agreed(self.stop)
+        if pos < self.steps_per_epoch and (stopping or (
+            self.every and self.step % self.every == 0)):
+          self.check_chunk(*unchecked)
+          unchecked = None
+          self.save()
+          if stopping:
+            raise self.preempted()
+      if unchecked:
+        self.check_chunk(*unchecked)
+
+  def check_chunk(self, sums, epoch: int, first: int, last: int) -> None:
+    """Reads a dispatch's metric sums: divergence check and TensorBoard scalars."""
+    sums = jax.tree.map(metrics_lib.host_value, sums)
+    learning_rate = float(self.exp.schedule(last))
+    for k, r in enumerate(self.runs):
+      chunk_metrics = metrics_lib.summarize(self.part(sums, k), "train")
+      try:
+        check_divergence(chunk_metrics["train_loss"], self.exp.data.info.num_classes,
+                         self.exp.config.divergence_factor, epoch, first, last,
+                         r.ckpts.latest_step())
+      except errors.DivergenceError as e:
+        if not self.stacked:
+          raise
+        raise errors.DivergenceError(f"{r.workdir}: {e}") from None
+      r.reporter.scalars(last, {**chunk_metrics, "learning_rate": learning_rate})
+
+  def evaluate_epoch(self, epoch: int, steps: int, batches, train_time: float):
+    """Each run's evaluations due after `epoch`, its record written and printed;
+    returns each run's evaluation scalars."""
+    exp, evals = self.exp, []
+    for k, r in enumerate(self.runs):
+      t1 = time.perf_counter()
+      scalars, details = exp.evaluate_due(self.part(self.state, k), epoch + 1)
+      eval_time = time.perf_counter() - t1
+      evaluated = sum(exp.data.info.splits[ev.split] for ev in exp.evaluators
+                      if ev.name in details)
+      self.records[k] = {
+          "epoch": epoch + 1, "step": self.step,
+          **metrics_lib.summarize(self.part(self.epoch_sums, k), "train"), **scalars,
+          # Each run's own: the program trains all of them in that time.
+          "images_per_sec": steps * exp.config.batch_size / train_time,
+          "eval_images_per_sec": evaluated / eval_time,
+          "data_wait_sec": batches[k].wait_sec,
+          "learning_rate": float(exp.schedule(self.step)),
+          "epoch_time_sec": train_time + eval_time,
+      }
+      # The record goes first: if the save after it is cut short, the resumed run
+      # drops it (it is past the checkpoint) and redoes the epoch.
+      r.reporter.epoch(self.records[k], details)
+      evals.append(scalars)
+    return evals
+
+  def save(self, metrics=lambda k: None) -> None:
+    epoch, pos = divmod(self.step, self.steps_per_epoch)
+    for k, r in enumerate(self.runs):
+      meta = {"step": self.step, "epoch": epoch, "position": pos,
+              "fingerprint": r.fingerprint,
+              "epoch_sums": metrics_lib.to_host(self.part(self.epoch_sums, k))}
+      r.ckpts.save(self.step, self.part(self.state, k), meta=meta, metrics=metrics(k))
+
+  def preempted(self) -> preemption.Preempted:
+    for r in self.runs:
+      r.ckpts.wait()
+    return preemption.Preempted(self.step, self.stop.signum)
+
+  def report_restored(self) -> None:
+    """Runs with nothing left to train: their record from the restored state."""
+    for k, r in enumerate(self.runs):
+      if self.records[k] is None:
+        previous = report_lib.read_metrics(r.workdir)
+        self.records[k] = {**(previous[-1] if previous else {}),
+                           **self.exp.evaluate_due(self.part(self.state, k))[0],
+                           "step": self.step}
+        r.reporter.info("training already complete; evaluated the latest checkpoint")
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

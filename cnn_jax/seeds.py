@@ -133,5 +133,4 @@ def _initial_states(exp: run.Experiment, runs: list[run.Run], starts: list[tuple
 def _mapped(exp: run.Experiment) -> run.Experiment:
   """`exp` whose train_chunk maps over stacked states and batch rows."""
   train_fn, _ = exp.step_functions
-  return dataclasses.replace(exp, train_chunk=jax.jit(
-      jax.vmap(train_fn, in_axes=(0, None, 0)), donate_argnums=0))
+  return dataclasses.replace(exp, train_chunk=run.jit_train_chunk(train_fn, mapped=True))
