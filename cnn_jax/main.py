@@ -215,7 +215,7 @@ def parse_flags(argv):
     else:
       raise  # A bug: its traceback.
     _usage_error(f"{message} (./run.sh help lists each command's flags; config fields "
-                 "are those of experiments/seed_cnn.py)")
+                 "are those of cnn_jax/schema.py)")
 
 
 def _config_file_problem(path: str | None, error: BaseException) -> str | None:

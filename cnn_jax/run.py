@@ -25,6 +25,7 @@ from cnn_jax import models
 from cnn_jax import optim
 from cnn_jax import preemption
 from cnn_jax import report as report_lib
+from cnn_jax import schema
 from cnn_jax import train as train_lib
 from cnn_jax import workdir as workdir_lib
 from cnn_jax.data import augment as augment_lib
@@ -39,36 +40,23 @@ def root_keys(seed: int) -> dict[str, jax.Array]:
   return {"init": jax.random.fold_in(root, 0), "data": jax.random.fold_in(root, 1)}
 
 
-# Fingerprint fields newer than some checkpoints, with the value those runs had. (Of
-# the others a checkpoint predates, such as the seed, the old value is not known.)
-FINGERPRINT_DEFAULTS = {"lr_schedule": "constant", "warmup_epochs": 0,
-                        "schedule_epochs": None,
-                        **{k: v for k, v in configs.LEGACY_DEFAULTS.items()
-                           if k in ("optimizer", "optimizer_kwargs", "weight_decay",
-                                    "grad_clip_norm", "label_smoothing", "mixup_alpha",
-                                    "cutmix_alpha", "grad_accum_steps", "ema_decay",
-                                    "validation_split", "validation_fraction",
-                                    "dtype")}}
-# Config fields that change a run's trajectory, compared as they are.
-TRAJECTORY_FIELDS = ("model", "dataset", "batch_size", "seed", "learning_rate",
-                     "lr_schedule", "warmup_epochs", "train_split", "validation_split",
-                     "validation_fraction", "normalize", "crop_padding", "flip",
-                     "optimizer", "weight_decay", "grad_clip_norm", "label_smoothing",
-                     "mixup_alpha", "cutmix_alpha", "grad_accum_steps", "ema_decay",
-                     "dtype")
+def fingerprint_defaults() -> dict:
+  """Fingerprint fields newer than some checkpoints, with the value those runs had (the
+  schema's legacy values; `schedule_epochs` is derived). Of the others a checkpoint
+  predates, such as the seed, the old value is not known."""
+  return {"schedule_epochs": None, **schema.legacy_defaults(fingerprint_only=True)}
 
 
 def fingerprint(config, info) -> dict:
   """What a checkpoint must agree on with the config that resumes it: every setting
-  that changes the run's trajectory.
+  that changes the run's trajectory (the schema's fingerprint fields).
 
   The schedule is part of it: it shapes the optimizer state, and a decaying one is
   laid out over the run's num_epochs.
   """
-  return {**{k: config[k] for k in TRAJECTORY_FIELDS},
-          # Tuples as lists, as saved in JSON.
-          **{k: json.loads(json.dumps(config[k].to_dict()))
-             for k in ("model_kwargs", "optimizer_kwargs")},
+  # Dicts and tuples as saved in JSON.
+  plain = lambda v: json.loads(json.dumps(v.to_dict() if hasattr(v, "to_dict") else v))
+  return {**{k: plain(config[k]) for k in schema.fingerprint_fields()},
           "image_shape": list(info.image_shape), "num_classes": info.num_classes,
           "schedule_epochs": (None if config.lr_schedule == "constant"
                               else config.num_epochs)}
@@ -79,7 +67,7 @@ def check_fingerprint(saved: dict, current: dict, workdir: str) -> None:
 
   Fields a checkpoint predates (not saved, no known default) cannot be compared.
   """
-  saved = {**FINGERPRINT_DEFAULTS, **saved}
+  saved = {**fingerprint_defaults(), **saved}
   diffs = [f"{k}: checkpoint has {saved.get(k)!r}, config has {current[k]!r}"
            for k in current if k in saved and saved[k] != current[k]]
   if diffs:
@@ -510,7 +498,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if problem:
     raise checkpoint_lib.CheckpointError(problem)
   with open(os.path.join(workdir, report_lib.CONFIG_FILE)) as f:
-    return ml_collections.ConfigDict(configs.with_legacy_defaults(json.load(f)))
+    return ml_collections.ConfigDict(schema.with_legacy_defaults(json.load(f)))
 
 
 def evaluate_checkpoint(workdir: str, step: str = "latest") -> dict:

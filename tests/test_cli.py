@@ -36,7 +36,7 @@ def test_a_mistyped_field_names_it_and_the_nearest_one(cli, tmp_path):
             "--config.num_epoch=1")
   one_line_error(out, "--config.num_epoch: the config has no field 'num_epoch'; did you "
                  "mean 'num_epochs'? (./run.sh help lists each command's flags; config "
-                 "fields are those of experiments/seed_cnn.py)\n")
+                 "fields are those of cnn_jax/schema.py)\n")
   out = cli("train", "--config", CONFIG, "--workdir", str(tmp_path / "run"),
             "--config.evals.tset.split=test")
   one_line_error(out, "--config.evals.tset.split: the config has no field 'tset'; did "

@@ -35,7 +35,7 @@ def base():
     ("best_metric", "foo", r"best_metric='foo' .* keep_best_checkpoints=0"),
     ("input_pipeline", "disk", r"input_pipeline='disk' .* 'in_memory', 'streaming'"),
     ("lr_schedule", "linear", r"lr_schedule='linear' .* 'constant', 'cosine'"),
-    ("warmup_epochs", 5, r"warmup_epochs=5 .* fewer than num_epochs=5"),
+    ("warmup_epochs", 5, r"warmup_epochs=5.0 .* fewer than num_epochs=5"),
     ("validation_fraction", 1.0, r"validation_fraction=1.0 .* \[0, 1\)"),
     ("data_workers", -1, r"data_workers=-1"),
     ("crop_padding", -2, r"crop_padding=-2"),
@@ -146,3 +146,70 @@ def test_the_command_ends_as_sys_exit_would_less_the_teardown(code, status, stde
   assert out.returncode == status
   assert out.stdout == "bufferedthread done\natexit ran\n"
   assert out.stderr == stderr
+
+
+def test_fractional_warmup_overrides_the_tutorial_config():
+  """`--config.warmup_epochs=0.5` was refused ('invalid literal for int()'): the
+  tutorial declared the field as the integer 0, though fractions are allowed."""
+  from experiments import seed_cnn  # pylint: disable=g-import-not-at-top
+  config = seed_cnn.get_config()
+  config.warmup_epochs = 0.5  # A ConfigDict keeps each field's type.
+  configs.check(config, 1, 1)
+  assert config.warmup_epochs == 0.5
+
+
+def test_a_new_field_is_one_declaration(monkeypatch, tmp_path):
+  """Issue 28: adding a field is one declaration in the schema (plus the experiments
+  that set it): it is then in every config, checked, in the resume fingerprint if
+  declared so, and filled in with its legacy value for runs written before it."""
+  from cnn_jax import run, schema  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(schema.FIELDS, "stochastic_depth", schema.Field(
+      0.0, (lambda v: 0 <= v < 1, "a rate in [0, 1)"), "training", fingerprint=True,
+      legacy=0.0))
+  (tmp_path / "exp.py").write_text(
+      "from experiments import seed_cnn\n"
+      "def get_config():\n"
+      "  config = seed_cnn.get_config()\n"
+      "  config.stochastic_depth = 0.1\n"
+      "  return config\n")
+  import runpy  # pylint: disable=g-import-not-at-top
+  config = runpy.run_path(str(tmp_path / "exp.py"))["get_config"]()
+  assert config.stochastic_depth == 0.1
+  configs.check(config, 1, 1)
+  config.stochastic_depth = 1.5
+  with pytest.raises(ConfigError, match=r"stochastic_depth=1.5 is not allowed: "
+                                        r"expected a rate in \[0, 1\)"):
+    configs.check(config, 1, 1)
+  assert "stochastic_depth" in schema.fingerprint_fields()
+  assert run.fingerprint_defaults()["stochastic_depth"] == 0.0
+  assert schema.with_legacy_defaults({"model": "seed_cnn"})["stochastic_depth"] == 0.0
+
+
+# Where each section's fields are read.
+_CONSUMERS = {
+    "data": ("cnn_jax/data", "cnn_jax/run.py"),
+    "model": ("cnn_jax/run.py", "cnn_jax/models"),
+    "optimizer": ("cnn_jax/run.py", "cnn_jax/optim.py"),
+    "training": ("cnn_jax/run.py", "cnn_jax/train.py"),
+    "checkpointing": ("cnn_jax/run.py", "cnn_jax/checkpoint.py"),
+    "evaluation": ("cnn_jax/run.py", "cnn_jax/evaluators.py"),
+}
+
+
+def test_every_declared_field_reaches_a_consumer_of_its_section():
+  import re  # pylint: disable=g-import-not-at-top
+  from cnn_jax import schema  # pylint: disable=g-import-not-at-top
+  assert set(_CONSUMERS) == set(schema.SECTIONS)
+  sources = {}
+  for section, paths in _CONSUMERS.items():
+    texts = []
+    for path in paths:
+      path = os.path.join(ROOT, path)
+      files = [path] if path.endswith(".py") else [
+          os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f.endswith(".py")]
+      texts += [open(f).read() for f in files]
+    sources[section] = "\n".join(texts)
+  unread = [name for name, field in schema.FIELDS.items()
+            if not re.search(rf"config\.{name}\b|config\[[\"']{name}[\"']\]",
+                             sources[field.section])]
+  assert not unread, f"fields no consumer of their section reads: {unread}"

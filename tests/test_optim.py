@@ -69,7 +69,7 @@ def test_checkpoints_from_before_schedules_match_a_constant_config():
   from experiments import seed_cnn
   config = seed_cnn.get_config()
   current = run.fingerprint(config, Info)
-  saved = {k: v for k, v in current.items() if k not in run.FINGERPRINT_DEFAULTS}
+  saved = {k: v for k, v in current.items() if k not in run.fingerprint_defaults()}
   run.check_fingerprint(saved, current, "wd")  # No error.
   config.lr_schedule = "cosine"
   with pytest.raises(Exception, match="lr_schedule: checkpoint has 'constant'"):
