@@ -189,7 +189,9 @@ def build_experiment(config) -> Experiment:
   evaluators = evaluators_lib.from_config(config.evals, configured_splits(config),
                                           ema=config.ema_decay > 0)
   t0 = time.perf_counter()
-  data = data_lib.load(config, mesh, root_keys(config.seed)["data"])
+  data = data_lib.load(schema.section(config, "data"), mesh,
+                       root_keys(config.seed)["data"],
+                       steps_per_dispatch=config.steps_per_dispatch)
   load_sec = time.perf_counter() - t0
   info = data.info
   model = models.build_model(config.model, info.num_classes, config.dtype,

@@ -237,6 +237,15 @@ def default_config() -> ml_collections.ConfigDict:
   return config
 
 
+def section(config, name: str) -> ml_collections.ConfigDict:
+  """The fields of `config` in section `name` (SECTIONS): what that part of the project
+  receives (the data pipeline: `section(config, "data")`)."""
+  if name not in SECTIONS:
+    raise ValueError(f"Unknown section {name!r}; sections: {', '.join(SECTIONS)}.")
+  return ml_collections.ConfigDict(
+      {k: config[k] for k, f in FIELDS.items() if f.section == name})
+
+
 def with_legacy_defaults(saved: dict) -> dict:
   """A saved config with the fields it predates filled in (`legacy_defaults`)."""
   return {**legacy_defaults(), **saved}

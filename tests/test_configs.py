@@ -213,3 +213,14 @@ def test_every_declared_field_reaches_a_consumer_of_its_section():
             if not re.search(rf"config\.{name}\b|config\[[\"']{name}[\"']\]",
                              sources[field.section])]
   assert not unread, f"fields no consumer of their section reads: {unread}"
+
+
+def test_sections_partition_the_fields_and_data_gets_its_own(seed_config):
+  from cnn_jax import schema  # pylint: disable=g-import-not-at-top
+  sections = {name: schema.section(seed_config, name) for name in schema.SECTIONS}
+  assert sorted(k for s in sections.values() for k in s.keys()) == sorted(schema.FIELDS)
+  data = sections["data"]
+  assert data.dataset == "mnist_5k" and data.batch_size == 32
+  assert "learning_rate" not in data and "model" not in data
+  with pytest.raises(ValueError, match="Unknown section 'optim'"):
+    schema.section(seed_config, "optim")

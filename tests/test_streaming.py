@@ -25,7 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def open_dataset(config, pipeline, key=0):
   config.input_pipeline = pipeline
-  return data.load(config, mesh_lib.make_mesh(), jax.random.key(key))
+  return data.load(config, mesh_lib.make_mesh(), jax.random.key(key),
+                   steps_per_dispatch=config.steps_per_dispatch)
 
 
 def host_batches(dataset, epoch, start=0, chunk=7):
@@ -183,7 +184,8 @@ from experiments import seed_cnn
 config = seed_cnn.get_config()
 config.data_dir, config.eval_batch_size, config.batch_size = sys.argv[1], 96, 64
 config.input_pipeline = "streaming"
-dataset = data.load(config, mesh_lib.make_mesh(), jax.random.key(0))
+dataset = data.load(config, mesh_lib.make_mesh(), jax.random.key(0),
+                    steps_per_dispatch=config.steps_per_dispatch)
 labels, shapes = collections.Counter(), set()
 for c in dataset.eval_chunks("test"):
   assert len(c.arrays["image"].sharding.device_set) == 8
@@ -218,7 +220,8 @@ launch.initialize(sys.argv[2], 2, int(sys.argv[3]))
 config = seed_cnn.get_config()
 config.data_dir, config.batch_size = sys.argv[1], 64
 config.train_split, config.input_pipeline = "train[:640]", "streaming"
-dataset = data.load(config, mesh_lib.make_mesh(), jax.random.key(0))
+dataset = data.load(config, mesh_lib.make_mesh(), jax.random.key(0),
+                    steps_per_dispatch=config.steps_per_dispatch)
 epoch, seen = dataset.train_epoch(0), []
 for step in range(0, dataset.steps_per_epoch, 5):
   c = epoch.take(step, step + 5)

@@ -119,14 +119,17 @@ def channel_stats(split: splits_lib.Split, chunk: int = 4096):
   return preprocess.stats_from_sums(*sums)
 
 
-def load(config, mesh: Mesh, data_key: jax.Array) -> Dataset:
+def load(config, mesh: Mesh, data_key: jax.Array, *, steps_per_dispatch: int) -> Dataset:
   """Opens `config.dataset` for the mesh's devices (see the module docstring).
 
   Args:
-    config: the experiment config (dataset, data_dir, splits, batch sizes, input
-      pipeline, normalize, data_workers, steps_per_dispatch).
+    config: the data section of the experiment config (`schema.section(config,
+      "data")`: dataset, data_dir, splits, batch sizes, input pipeline, normalize,
+      data_workers, ...).
     mesh: the devices batches go to.
     data_key: the run's data key: training orders derive from it.
+    steps_per_dispatch: the training steps a dispatch runs (streaming reads that many
+      batches at once).
 
   Raises:
     DatasetError: the dataset cannot be prepared or read, or a split is empty or
@@ -143,7 +146,7 @@ def load(config, mesh: Mesh, data_key: jax.Array) -> Dataset:
                 eval_batch_size=config.eval_batch_size, channel_stats=stats)
   pipeline = choose_pipeline(config, info)
   if pipeline == "streaming":
-    common.update(workers=config.data_workers, group=max(1, config.steps_per_dispatch))
+    common.update(workers=config.data_workers, group=max(1, steps_per_dispatch))
   return PIPELINES[pipeline].open(named, **common)
 
 
