@@ -57,8 +57,9 @@ class OurTraining:
     create = run.state_factory(config, net, shape,
                                spec["num_images"] // spec["batch_size"])
     self.keys = run.root_keys(config.seed)
-    self.state = jax.jit(create, out_shardings=mesh_lib.replicated(mesh))(
-        self.keys["init"])
+    # A stack of one run, as the runner trains it (run.jit_train_chunk).
+    self.state = run.stack([jax.jit(create, out_shardings=mesh_lib.replicated(mesh))(
+        self.keys["init"])])
     self.train_chunk = run.compile_train_chunk(
         config, preprocess.scale_to_unit, None, None, mesh_lib.batch_sharding(mesh))
     self.chunk = config.steps_per_dispatch
@@ -96,7 +97,7 @@ class OurTraining:
     while True:
       order = rows[batching.epoch_order(self.keys["data"], epoch, len(rows), batch)]
       for pos in range(0, per_epoch - self.chunk + 1, self.chunk):
-        yield order[pos:pos + self.chunk]
+        yield order[None, pos:pos + self.chunk]  # [runs (one), steps, batch].
       epoch += 1
 
   def window(self) -> float:
@@ -108,9 +109,9 @@ class OurTraining:
       self.state, sums = self.train_chunk(self.state, self.split.arrays,
                                           next(self.stream))
       if unread is not None:
-        float(unread["loss"])
+        float(unread["loss"][0])
       unread = sums
-    float(unread["loss"])
+    float(unread["loss"][0])
     return time.perf_counter() - t
 
 

@@ -148,13 +148,32 @@ def train_steps_fn(config, preprocess, augment, mix, batch_sharding):
 
 
 def jit_train_chunk(train_fn, mapped: bool = False):
-  """The one jitted chunk of training steps (state donated): `train_fn` (a bound
-  `train.train_steps`), `mapped` over a leading axis of runs (vmapped seeds, their
-  data arrays shared). What every dispatch of the runner runs, one run or several,
-  and what `./run.sh bench` times."""
+  """The one jitted chunk of training steps: what every dispatch of the runner runs,
+  and what `./run.sh bench` times. It takes and returns states and metric sums
+  stacked on a leading axis of runs (`stack`), with row indices [runs, steps,
+  batch]; the state is donated. One run is a stack of one: `train_fn` (a bound
+  `train.train_steps`) on its only entry, no vmap. `mapped`: several runs (vmapped
+  seeds), their data arrays shared."""
   if mapped:
-    train_fn = jax.vmap(train_fn, in_axes=(0, None, 0))
-  return jax.jit(train_fn, donate_argnums=0)
+    return jax.jit(jax.vmap(train_fn, in_axes=(0, None, 0)), donate_argnums=0)
+
+  def train_steps(state, arrays, index):  # The program's name, as train.train_steps'.
+    state, sums = train_fn(jax.tree.map(lambda x: x[0], state), arrays, index[0])
+    return jax.tree.map(lambda x: x[None], (state, sums))
+  return jax.jit(train_steps, donate_argnums=0)
+
+
+@jax.jit
+def stack(trees: list):
+  """Trees of the same structure, stacked on a new leading axis (a stack of runs): one
+  compiled program, not one per array."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def entry(tree, k: int):
+  """Run k's entries of a stacked tree (`stack`), in one compiled program."""
+  return jax.tree.map(lambda x: x[k], tree)
 
 
 def compile_train_chunk(config, preprocess, augment, mix, batch_sharding):
@@ -252,7 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       this = Run(config, workdir, reporter, ckpts, exp.fingerprint, exp.data)
       state, epoch_sums, _ = resume(exp, this, exp.state)
       exp.state = None  # The initial state was only a target: no second copy on device.
-      [record] = train_runs(exp, [this], state, epoch_sums, stop)
+      [record] = train_runs(exp, [this], stack([state]), stack([epoch_sums]), stop)
     finally:
       ckpts.close()
       reporter.close()
@@ -331,10 +350,11 @@ def train_runs(exp: Experiment, runs: list[Run], state, epoch_sums,
   """Trains `runs` from `state` to the end, each reporting and saving in its workdir;
   returns each one's last epoch record.
 
-  One run: `state` and `epoch_sums` are its own, `exp.train_chunk` the compiled
-  `train_steps`. Several (seeds of one config, at the same step: cnn_jax/seeds.py):
-  they are stacked on a leading axis of one entry per run, and `exp.train_chunk` maps
-  over it (the data arrays shared, each run's batches its own).
+  `state` and `epoch_sums` are stacked on a leading axis of one entry per run: one
+  run is a stack of one, several are seeds of one config at the same step
+  (cnn_jax/seeds.py), the same loop for both. `exp.train_chunk` is `jit_train_chunk`'s
+  (mapped over the runs where there are several; the data arrays shared, each run's
+  batches its own).
   """
   loop = _Loop(exp, runs, stop, state, epoch_sums)
   loop.announce()
@@ -373,7 +393,6 @@ class _Loop:
 
   def __post_init__(self):
     config = self.exp.config
-    self.stacked = len(self.runs) > 1
     self.steps_per_epoch = self.exp.data.steps_per_epoch
     self.total_steps = self.steps_per_epoch * config.num_epochs
     self.chunk = max(1, config.steps_per_dispatch)
@@ -382,13 +401,14 @@ class _Loop:
     self.records = [None] * len(self.runs)
 
   def part(self, tree, k: int):
-    """Run k's entries of a stacked tree (the tree itself for one run)."""
-    return jax.tree.map(lambda x: x[k], tree) if self.stacked else tree
+    """Run k's entries of a stacked tree."""
+    return entry(tree, k)
 
   def announce(self) -> None:
     exp, config, info = self.exp, self.exp.config, self.exp.data.info
     lead = self.runs[0].reporter
-    head = "" if self.stacked else lead.label  # Which run it is; a group's seeds each say.
+    several = len(self.runs) > 1
+    head = "" if several else lead.label  # Which run it is; a group's seeds each say.
     splits = " / ".join(f"{n} {s}" for s, n in info.splits.items())
     lead.info(f"{head}{config.model}: {report_lib.model_line(exp.model_summary)}")
     lead.info(
@@ -397,7 +417,7 @@ class _Loop:
         f"{exp.mesh.devices.size} device(s) ({jax.devices()[0].platform}); "
         f"{self.steps_per_epoch} steps/epoch, starting at step {self.step} of "
         f"{self.total_steps}; data loaded in {exp.load_sec:.2f} s ({exp.data.pipeline})"
-        + (f"; {len(self.runs)} seeds in one program (jax.vmap)" if self.stacked else ""))
+        + (f"; {len(self.runs)} seeds in one program (jax.vmap)" if several else ""))
 
   def train_epoch(self, epoch: int, pos: int, batches) -> None:
     """Dispatches the epoch's steps from `pos`, checking each dispatch's sums after the
@@ -408,7 +428,7 @@ class _Loop:
       while pos < self.steps_per_epoch:
         end = chunk_end(self.step, pos, self.steps_per_epoch, self.chunk, self.every)
         inputs = [b.take(pos, end) for b in batches]
-        index = np.stack([i.index for i in inputs]) if self.stacked else inputs[0].index
+        index = np.stack([i.index for i in inputs])
         self.state, sums = self.exp.train_chunk(self.state, inputs[0].arrays, index)
         self.epoch_sums = train_lib.add_metrics(self.epoch_sums, sums)
         if unchecked:
@@ -439,7 +459,7 @@ class _Loop:
                          self.exp.config.divergence_factor, epoch, first, last,
                          r.ckpts.latest_step())
       except errors.DivergenceError as e:
-        if not self.stacked:
+        if len(self.runs) == 1:
           raise
         raise errors.DivergenceError(f"{r.workdir}: {e}") from None
       r.reporter.scalars(last, {**chunk_metrics, "learning_rate": learning_rate})

@@ -25,7 +25,6 @@ import dataclasses
 import os
 
 import jax
-import jax.numpy as jnp
 
 from cnn_jax import configs
 from cnn_jax import mesh as mesh_lib
@@ -42,11 +41,6 @@ def seed_config(config, seed: int):
   with config.unlocked():
     config.seed = seed
   return config
-
-
-def stack(trees: list):
-  """Trees of the same structure, stacked on a new leading axis."""
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
 def train_seeds(config, seeds: list[int], workdirs: list[str],
@@ -117,17 +111,15 @@ def train_seeds(config, seeds: list[int], workdirs: list[str],
 
 
 def _initial_states(exp: run.Experiment, runs: list[run.Run], starts: list[tuple]):
-  """(state, epoch sums) of runs at the same step, stacked when there are several;
-  fresh runs start from their seeds' initial states."""
-  many = len(runs) > 1
+  """(state, epoch sums) of runs at the same step, stacked (`run.stack`); fresh runs
+  start from their seeds' initial states."""
   if starts[0][2] == 0:
     keys = [run.root_keys(r.config.seed)["init"] for r in runs]
-    create = jax.jit(jax.vmap(exp.create) if many else exp.create,
-                     out_shardings=mesh_lib.replicated(exp.mesh))
-    state = create(stack(keys) if many else keys[0])
+    create = jax.jit(jax.vmap(exp.create), out_shardings=mesh_lib.replicated(exp.mesh))
+    state = create(run.stack(keys))
   else:
-    state = stack([s[0] for s in starts]) if many else starts[0][0]
-  return state, stack([s[1] for s in starts]) if many else starts[0][1]
+    state = run.stack([s[0] for s in starts])
+  return state, run.stack([s[1] for s in starts])
 
 
 def _mapped(exp: run.Experiment) -> run.Experiment:

@@ -99,14 +99,15 @@ def _dispatch_losses(config, dispatch=25):
   """Training losses of each dispatch of `dispatch` steps over config.num_epochs, and
   the final evaluation's scalars."""
   exp = run.build_experiment(config)
-  state, losses = exp.state, []
+  state, losses = run.stack([exp.state]), []  # The runner's stack of one run.
+  only = lambda tree: jax.tree.map(lambda x: x[0], tree)
   for epoch in range(config.num_epochs):
     batches = exp.data.train_epoch(epoch)
     for start in range(0, exp.data.steps_per_epoch, dispatch):
       chunk = batches.take(start, min(start + dispatch, exp.data.steps_per_epoch))
-      state, sums = exp.train_chunk(state, chunk.arrays, chunk.index)
-      losses.append(metrics.summarize(sums, "train")["train_loss"])
-  return np.array(losses), exp.evaluate_due(state)[0]
+      state, sums = exp.train_chunk(state, chunk.arrays, chunk.index[None])
+      losses.append(metrics.summarize(only(sums), "train")["train_loss"])
+  return np.array(losses), exp.evaluate_due(only(state))[0]
 
 
 # Measured on this CPU (seed_cnn, mnist_5k, seed 0, dispatches of 25 steps): the

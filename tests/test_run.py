@@ -134,7 +134,7 @@ def test_each_dispatch_is_checked_after_the_next_is_queued_and_before_a_save(
     train_chunk = exp.train_chunk
 
     def chunk(state, arrays, index):
-      events.append(("dispatch", int(state.step)))
+      events.append(("dispatch", int(state.step[0])))  # A stack of one run.
       return train_chunk(state, arrays, index)
     exp.train_chunk = chunk
     return exp
