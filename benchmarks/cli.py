@@ -261,13 +261,24 @@ def parse_args(argv):
   parser.add_argument("--markdown", metavar="JSON", default=None,
                       help="Print the tables of an earlier run's JSON and exit.")
   parser.add_argument("--profile", metavar="CELL", default=None,
-                      help="Print where our training of CELL (e.g. seed_cnn/128) spends "
-                      "its time (jax.profiler trace of a few windows) and exit.")
+                      help="Print where our training of CELL (e.g. seed_cnn/128, or "
+                      "speedrun: the --speedrun recipe's network) spends its time "
+                      "(jax.profiler trace of a few windows) and exit.")
   parser.add_argument("--gpu", action="store_true",
                       help="Ours against PyTorch (eager and torch.compile, float32 and "
                       "bf16) on this machine's GPU instead of Keras on the CPU "
                       "(bench/gpu.py; needs torch); --out default "
                       "bench_results/bench_gpu.json.")
+  parser.add_argument("--speedrun", action="store_true",
+                      help="Time to accuracy: the speedrun recipe, ours against its Keras "
+                      "twin, each seed a process timed from its start (speedrun.py); "
+                      "--out default bench_results/bench_speedrun.json.")
+  parser.add_argument("--seeds", type=int, default=5, help="--speedrun: seeds per side.")
+  parser.add_argument("--epochs", type=int, default=None,
+                      help="--speedrun: training length (default the recipe's).")
+  parser.add_argument("--config", default=None,
+                      help="--speedrun: the recipe (default "
+                      "experiments/speedrun_fashion_mnist.py).")
   parser.add_argument("--worker", choices=["ours", "keras", "peak", "torch", "gpu_peak"],
                       help=argparse.SUPPRESS)
   parser.add_argument("--spec", default="{}", help=argparse.SUPPRESS)
@@ -316,9 +327,21 @@ def main(argv=None) -> int:
   quick = args.quick
   if args.gpu:
     return _gpu_main(args)
+  if args.speedrun:
+    from benchmarks import speedrun  # pylint: disable=g-import-not-at-top
+    results = speedrun.run(
+        args.config, args.seeds, args.epochs, args.data_dir, args.tolerance,
+        args.max_windows or method.MAX_WINDOWS, progress)
+    print(speedrun.markdown(results))
+    _write(results, args.out or "bench_results/bench_speedrun.json")
+    return 0
   if args.profile:
     from benchmarks import profile  # pylint: disable=g-import-not-at-top
-    (cell,) = select_cells(args.profile, quick)[:1]
+    if args.profile == "speedrun":
+      from benchmarks import speedrun  # pylint: disable=g-import-not-at-top
+      cell = speedrun.cell(speedrun.keras_recipe(speedrun.load_recipe(args.config)))
+    else:
+      (cell,) = select_cells(args.profile, quick)[:1]
     print(profile.markdown(profile.profile(cell)))
     return 0
   results = benchmark(

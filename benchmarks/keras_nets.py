@@ -35,18 +35,21 @@ def _seed_cnn(keras, x, num_classes):
   return L.Dense(num_classes, name="Dense_1")(x)
 
 
-def _vgg_bn(keras, x, num_classes, dropout_rate=0.2, head_dropout_rate=0.3):
-  """models/vgg.py's VGGBN with its defaults (871,082 parameters on 28x28x1)."""
+def _vgg_bn(keras, x, num_classes, dropout_rate=0.2, head_dropout_rate=0.3,
+            widths=(32, 64), convs_per_block=2, hidden=256):
+  """models/vgg.py's VGGBN (871,082 parameters on 28x28x1 with its defaults)."""
   L = keras.layers
   conv = 0
-  for width in (32, 64):
-    for _ in range(2):
+  if isinstance(convs_per_block, int):
+    convs_per_block = (convs_per_block,) * len(widths)
+  for width, count in zip(widths, convs_per_block):
+    for _ in range(count):
       x = L.Conv2D(width, (3, 3), padding="same", use_bias=False, name=f"Conv_{conv}")(x)
       x = L.ReLU()(L.BatchNormalization(**BN, name=f"BatchNorm_{conv}")(x))
       conv += 1
     x = L.Dropout(dropout_rate)(L.MaxPooling2D((2, 2))(x))
   x = L.Flatten()(x)
-  x = L.Dense(256, use_bias=False, name="Dense_0")(x)
+  x = L.Dense(hidden, use_bias=False, name="Dense_0")(x)
   x = L.ReLU()(L.BatchNormalization(**BN, name=f"BatchNorm_{conv}")(x))
   x = L.Dropout(head_dropout_rate)(x)
   return L.Dense(num_classes, name="Dense_1")(x)

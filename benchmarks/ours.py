@@ -53,7 +53,8 @@ class OurTraining:
     mesh = mesh_lib.make_mesh()
     self.split = in_memory.put_split(*workers.random_data(spec["num_images"], shape),
                                      mesh)
-    net = models.build_model(config.model, spec["num_classes"], config.dtype)
+    net = models.build_model(config.model, spec["num_classes"], config.dtype,
+                             **(spec.get("model_kwargs") or {}))
     create = run.state_factory(config, net, shape,
                                spec["num_images"] // spec["batch_size"])
     self.keys = run.root_keys(config.seed)

@@ -34,7 +34,7 @@ def setup(spec: dict):
       keras.utils.set_random_seed(0)
       nets[key] = keras_nets.build(spec["model"], spec["image_shape"],
                                    spec["num_classes"], steps_per_execution,
-                                   jit_compile)
+                                   jit_compile, **(spec.get("model_kwargs") or {}))
     net = nets[key]
     steady = method.SteadyState(tolerance or spec["tolerance"],
                                 max_windows or spec["max_windows"])
@@ -60,5 +60,6 @@ def setup(spec: dict):
   info = {"tensorflow": tf.__version__, "keras": keras.__version__,
           "setup_sec": time.perf_counter() - t0,
           "params": keras_nets.trainable_parameters(
-              keras_nets.build(spec["model"], spec["image_shape"], spec["num_classes"]))}
+              keras_nets.build(spec["model"], spec["image_shape"], spec["num_classes"],
+                               **(spec.get("model_kwargs") or {})))}
   return measure, info

@@ -21,6 +21,7 @@ class Cell:
     steps_per_execution: Keras values tried without XLA; the fastest also with.
     target: the ratio ours / fastest Keras that the issue asks for (None: none).
     bf16: also time ours with config.dtype=bfloat16 (mixed precision), for the record.
+    model_kwargs: the model's constructor arguments, both sides (None: its defaults).
   """
   model: str
   batch_size: int
@@ -31,6 +32,7 @@ class Cell:
   steps_per_execution: tuple[int, ...]
   target: float | None = None
   bf16: bool = False
+  model_kwargs: dict | None = None
 
   @property
   def name(self) -> str:

@@ -66,3 +66,28 @@ def set_default_env(environ=None) -> str | None:
     return None
   environ.setdefault(MIN_SECS_ENV, str(MIN_COMPILE_SECS))
   return path
+
+
+# JAX's events for the three stages of making a program: tracing to a jaxpr, lowering
+# to MLIR, and XLA's compilation (or loading it from this cache).
+_COMPILE_EVENTS = frozenset((
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+))
+_compile_secs: list[float] = []  # One running total, once the listener is in.
+
+
+def compile_seconds() -> float:
+  """Seconds this process has spent making JAX programs (tracing, lowering, compiling
+  or loading from the cache) since the first call: the runner splits each epoch's time
+  into compilation and the rest with it. Reads JAX's own monitoring events."""
+  if not _compile_secs:
+    import jax  # pylint: disable=g-import-not-at-top  (this module loads before JAX)
+    _compile_secs.append(0.0)
+
+    def listen(event: str, duration_secs: float, **unused_metadata) -> None:
+      if event in _COMPILE_EVENTS:
+        _compile_secs[0] += duration_secs
+    jax.monitoring.register_event_duration_secs_listener(listen)
+  return _compile_secs[0]

@@ -27,6 +27,7 @@ class Evaluator:
   metrics: tuple[str, ...] = METRICS
   top_k: int = 5
   ema: bool = False  # Evaluates the moving average of the weights.
+  tta: str = "none"  # Test-time views whose logits are averaged (augment.TTA_VIEWS).
 
   def due(self, epoch: int, num_epochs: int) -> bool:
     """Whether it runs after (1-based) `epoch`: every `every_epochs`, and the last."""
@@ -56,7 +57,7 @@ def from_config(evals, splits, ema: bool = False) -> list[Evaluator]:
     unknown = set(spec) - {f.name for f in dataclasses.fields(Evaluator)} - {"name"}
     if unknown:
       raise ConfigError(f"config.evals.{name} has unknown field(s) {sorted(unknown)}; "
-                        "fields: split, every_epochs, metrics, top_k, ema.")
+                        "fields: split, every_epochs, metrics, top_k, ema, tta.")
     ev = Evaluator(name=name, **{**spec, "metrics": tuple(spec.get("metrics", METRICS))})
     if ev.split not in splits:
       raise ConfigError(
@@ -73,6 +74,10 @@ def from_config(evals, splits, ema: bool = False) -> list[Evaluator]:
     if ev.ema and not ema:
       raise ConfigError(f"config.evals.{name}.ema=True needs a moving average: set "
                         "--config.ema_decay (e.g. 0.999).")
+    from cnn_jax.data import augment  # JAX's import, only where evaluators are built.
+    if ev.tta not in augment.TTA_VIEWS:
+      raise ConfigError(f"config.evals.{name}.tta={ev.tta!r} is not a test-time "
+                        f"augmentation; known: {', '.join(augment.TTA_VIEWS)}.")
     if not (isinstance(ev.top_k, int) and ev.top_k >= 1):
       raise ConfigError(f"config.evals.{name}.top_k={ev.top_k!r} must be an integer >= 1.")
     out.append(ev)

@@ -32,7 +32,10 @@ _FORMAT = flags.DEFINE_enum("format", "stablehlo", ["stablehlo", "savedmodel"],
 _TOP_K = flags.DEFINE_integer("top_k", 3, "predict: classes shown per image.")
 _SWEEP = flags.DEFINE_multi_string("sweep", [], "sweep: FIELD=V1,V2,... (repeat for a "
                                    "grid).")
-_SEEDS = flags.DEFINE_integer("seeds", 1, "sweep: seeds per setting.")
+_SEEDS = flags.DEFINE_integer("seeds", 1, "sweep: seeds per setting; speedrun: seeds "
+                              "per training length (default 5).")
+_EPOCHS = flags.DEFINE_list("epochs", [], "speedrun: training lengths, e.g. 4,6,8 "
+                            "(default: the recipe's num_epochs).")
 _VMAP_SEEDS = flags.DEFINE_bool("vmap_seeds", False, "sweep: train the seeds of a "
                                 "setting at once, in one program (jax.vmap; data in "
                                 "memory).")
@@ -68,7 +71,13 @@ COMMANDS = {
     "sweep": "sweep --config FILE --workdir DIR --sweep FIELD=V1,V2 [--sweep ...] "
              "[--seeds N] [--vmap_seeds] [--report_only]",
     "prepare": "prepare NAME --from DIR [--data_dir DIR]",
+    "speedrun": "speedrun [--config FILE] [--workdir DIR] [--seeds N] [--epochs E1,E2,...] "
+                "[--config.FIELD=VALUE ...]",
 }
+# speedrun's recipe and runs folder when --config and --workdir are not given.
+SPEEDRUN_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))), "experiments", "speedrun_fashion_mnist.py")
+SPEEDRUN_WORKDIR = os.path.join("runs", "speedrun")
 USAGE = ("commands:\n" + "\n".join(f"  {line}" for line in COMMANDS.values()) + """
 multi-process: add --local_processes N (here), or --num_processes N --process_id I
   --coordinator HOST:PORT on each host (Slurm and Open MPI are detected by JAX).""")
@@ -142,6 +151,21 @@ def main(argv):
       sweep.sweep(config, os.path.abspath(_WORKDIR.value),
                   sweep.parse_grid(_SWEEP.value, config), _SEEDS.value,
                   _VMAP_SEEDS.value, train=not _REPORT_ONLY.value)
+    elif command == "speedrun":
+      import jax  # pylint: disable=g-import-not-at-top
+      from cnn_jax import configs  # pylint: disable=g-import-not-at-top
+      from cnn_jax import speedrun  # pylint: disable=g-import-not-at-top
+      config = _config()
+      configs.check(config, jax.device_count(), jax.process_count())
+      seeds = _SEEDS.value if flags.FLAGS["seeds"].present else speedrun.DEFAULT_SEEDS
+      speedrun.check(config, seeds)
+      lengths = speedrun.parse_epochs(_EPOCHS.value) if _EPOCHS.value else [
+          config.num_epochs]
+      # The runs get the overrides given here, less those the speedrun sets itself.
+      overrides = [a for a in _original_argv if a.startswith("--config.") and not
+                   a.startswith(("--config.seed=", "--config.num_epochs="))]
+      speedrun.speedrun(_config_path(sys.argv), _WORKDIR.value or SPEEDRUN_WORKDIR,
+                        seeds, lengths, overrides)
     else:  # prepare (_check_command let nothing else through).
       from cnn_jax import prepare  # pylint: disable=g-import-not-at-top
       prepare.prepare_command(args[0], _FROM.value, _DATA_DIR.value)
@@ -196,6 +220,8 @@ def parse_flags(argv):
   if config_path is not None and not os.path.isfile(config_path):
     _usage_error(f"--config {config_path}: no such file (relative paths are read from "
                  f"{os.getcwd()}).")
+  if len(argv) > 1 and argv[1] == "speedrun" and config_path is None:
+    argv = sys.argv[:] = [*argv[:2], f"--config={SPEEDRUN_CONFIG}", *argv[2:]]
   _original_argv[:] = sys.argv
   # ml_collections reads its overrides from sys.argv itself.
   argv = sys.argv[:] = _take_kwargs_overrides(argv)

@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 
 from cnn_jax import checkpoint as checkpoint_lib
+from cnn_jax import compile_cache
 from cnn_jax import configs
 from cnn_jax import cpu
 from cnn_jax import data as data_lib
@@ -98,7 +99,7 @@ class Experiment:
     """(scalars, details) of evaluator `ev` on `state`: every example of its split."""
     sums = functools.reduce(train_lib.add_metrics, (
         self.evaluate_fn(state, chunk.arrays, chunk.index, chunk.mask, top_k=ev.top_k,
-                         ema=ev.ema)
+                         ema=ev.ema, tta=ev.tta)
         for chunk in self.data.eval_chunks(ev.split)))
     return metrics_lib.eval_summary(sums, ev.name, ev.metrics, ev.top_k,
                                     self.data.info.class_names)
@@ -202,6 +203,7 @@ def step_functions(config, data: data_lib.Dataset, mesh) -> tuple[callable, call
 
 def build_experiment(config) -> Experiment:
   """Loads the data onto the mesh and initialises the model and compiled steps."""
+  compile_cache.compile_seconds()  # Counts compilation from here on (epoch records).
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(config.batch_size, mesh)
   mesh_lib.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
@@ -221,7 +223,7 @@ def build_experiment(config) -> Experiment:
       root_keys(config.seed)["init"])
   train_fn, evaluate_fn = step_functions(config, data, mesh)
   return Experiment(config, mesh, data, state, jit_train_chunk(train_fn),
-                    jax.jit(evaluate_fn, static_argnames=("top_k", "ema")),
+                    jax.jit(evaluate_fn, static_argnames=("top_k", "ema", "tta")),
                     fingerprint(config, info), optim.make_schedule(**schedule), load_sec,
                     evaluators, models.summary(model, info.image_shape), create,
                     (train_fn, evaluate_fn))
@@ -363,10 +365,11 @@ def train_runs(exp: Experiment, runs: list[Run], state, epoch_sums,
   while loop.step < loop.total_steps:
     epoch, pos = divmod(loop.step, loop.steps_per_epoch)
     batches = [r.data.train_epoch(epoch, pos) for r in runs]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), compile_cache.compile_seconds()
     loop.train_epoch(epoch, pos, batches)  # Saves on the way where asked, or stopped.
-    train_time = time.perf_counter() - t0
-    evals = loop.evaluate_epoch(epoch, loop.steps_per_epoch - pos, batches, train_time)
+    timing = {"train_time_sec": time.perf_counter() - t0,
+              "train_compile_sec": compile_cache.compile_seconds() - c0}
+    evals = loop.evaluate_epoch(epoch, loop.steps_per_epoch - pos, batches, timing)
     loop.epoch_sums = jax.tree.map(jnp.zeros_like, loop.epoch_sums)
     loop.save(metrics=lambda k: evals[k] if exp.config.best_metric in evals[k] else None)
     if preemption.agreed(stop) and loop.step < loop.total_steps:
@@ -464,12 +467,14 @@ class _Loop:
         raise errors.DivergenceError(f"{r.workdir}: {e}") from None
       r.reporter.scalars(last, {**chunk_metrics, "learning_rate": learning_rate})
 
-  def evaluate_epoch(self, epoch: int, steps: int, batches, train_time: float):
+  def evaluate_epoch(self, epoch: int, steps: int, batches, timing: dict):
     """Each run's evaluations due after `epoch`, its record written and printed;
-    returns each run's evaluation scalars."""
+    returns each run's evaluation scalars. `timing`: the epoch's training time and
+    the part of it spent compiling (train_time_sec, train_compile_sec)."""
     exp, evals = self.exp, []
+    train_time = timing["train_time_sec"]
     for k, r in enumerate(self.runs):
-      t1 = time.perf_counter()
+      t1, c1 = time.perf_counter(), compile_cache.compile_seconds()
       scalars, details = exp.evaluate_due(self.part(self.state, k), epoch + 1)
       eval_time = time.perf_counter() - t1
       evaluated = sum(exp.data.info.splits[ev.split] for ev in exp.evaluators
@@ -483,6 +488,12 @@ class _Loop:
           "data_wait_sec": batches[k].wait_sec,
           "learning_rate": float(exp.schedule(self.step)),
           "epoch_time_sec": train_time + eval_time,
+          # Where the time went (./run.sh speedrun splits a run's time with these):
+          # compilation is inside the training and evaluation times; time_unix is
+          # when the record was made, on the wall clock.
+          **timing, "eval_time_sec": eval_time,
+          "eval_compile_sec": compile_cache.compile_seconds() - c1,
+          "time_unix": time.time(),
       }
       # The record goes first: if the save after it is cut short, the resumed run
       # drops it (it is past the checkpoint) and redoes the epoch.

@@ -17,6 +17,7 @@ import optax
 from flax.training import train_state
 
 from cnn_jax import cpu
+from cnn_jax.data import augment as augment_lib
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -163,17 +164,20 @@ def train_step(state: TrainState, batch: Batch, *, label_smoothing: float = 0.0,
 
 
 def eval_step(state: TrainState, batch: Batch, top_k: int = 5,
-              ema: bool = False) -> Metrics:
+              ema: bool = False, tta: str = "none") -> Metrics:
   """Metric sums over the examples of `batch` whose `mask` is True.
 
   Besides loss, correct (top-1) and count: `correct_top_k` (the label among the
   `top_k` highest logits; k at most the number of classes) and `confusion`, counts
-  [true class, predicted class]. `ema` evaluates the moving average of the params.
+  [true class, predicted class]. `ema` evaluates the moving average of the params;
+  `tta` names the views whose logits are averaged (augment.TTA_VIEWS).
   """
   variables = {"params": state.ema_params if ema else state.params}
   if state.batch_stats is not None:
     variables["batch_stats"] = state.batch_stats
-  logits = state.apply_fn(variables, batch["image"], train=False).astype(jnp.float32)
+  views = augment_lib.TTA_VIEWS[tta](batch["image"])
+  logits = sum(state.apply_fn(variables, v, train=False).astype(jnp.float32)
+               for v in views) / len(views)
   labels, mask = batch["label"], batch["mask"]
   sums = _sums(logits, labels, cross_entropy(logits, labels), mask)
   num_classes = logits.shape[-1]
@@ -241,7 +245,7 @@ def train_steps(state: TrainState, arrays: Batch, index: jax.Array, *,
 
 def evaluate(state: TrainState, arrays: Batch, index: jax.Array, mask: jax.Array, *,
              preprocess: Callable, batch_sharding=None, top_k: int = 5,
-             ema: bool = False) -> Metrics:
+             ema: bool = False, tta: str = "none") -> Metrics:
   """Metric sums of `eval_step` over the batches of `index` whose `mask` is True.
 
   `arrays` and `index` as in `train_steps`; `mask` bool [steps, batch]. Images go
@@ -250,7 +254,7 @@ def evaluate(state: TrainState, arrays: Batch, index: jax.Array, mask: jax.Array
   def step(rows, valid):
     batch = _gather(arrays, rows, batch_sharding)
     batch = {"image": preprocess(batch["image"]), "label": batch["label"], "mask": valid}
-    return eval_step(state, batch, top_k, ema)
+    return eval_step(state, batch, top_k, ema, tta)
 
   def body(sums, xs):
     return add_metrics(sums, step(*xs)), None

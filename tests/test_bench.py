@@ -131,18 +131,23 @@ def test_experimental_xla_flags_only_on_the_jaxlib_they_were_measured_on():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model, shape, params", [
-    ("seed_cnn", (28, 28, 1), 347_146), ("vgg_bn", (28, 28, 1), 871_082),
-    ("resnet20", (32, 32, 3), 269_722)])
-def test_keras_network_is_ours(model, shape, params):
+@pytest.mark.parametrize("model, shape, params, speedrun", [
+    ("seed_cnn", (28, 28, 1), 347_146, False), ("vgg_bn", (28, 28, 1), 871_082, False),
+    ("resnet20", (32, 32, 3), 269_722, False), ("vgg_bn", (28, 28, 1), 824_810, True)])
+def test_keras_network_is_ours(model, shape, params, speedrun):
   """Same parameter count, and from our initial weights the same loss on the same
-  first batch (training mode: BatchNorm on batch statistics; dropout off on both)."""
+  first batch (training mode: BatchNorm on batch statistics; dropout off on both).
+  `speedrun`: the speedrun recipe's network (its model_kwargs), as its Keras twin
+  (benchmarks/keras_speedrun.py) builds it."""
   from benchmarks import keras_nets  # pylint: disable=g-import-not-at-top
   _, keras = keras_nets.import_keras()
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from cnn_jax import models, train  # pylint: disable=g-import-not-at-top
   kwargs = dict(dropout_rate=0.0, head_dropout_rate=0.0) if model == "vgg_bn" else {}
+  if speedrun:
+    from experiments import speedrun_fashion_mnist  # pylint: disable=g-import-not-at-top
+    kwargs = speedrun_fashion_mnist.get_config().model_kwargs.to_dict()
   net = models.build_model(model, 10, **kwargs)
   state = train.create_train_state(net, jax.random.key(0), shape, optax.adam(1e-3))
   peer = keras_nets.build(model, shape, 10, **kwargs)
@@ -357,3 +362,37 @@ def test_published_gpu_run_renders_from_its_json():
       assert f"| {row['name']} | {row['images_per_sec']['median']:,.0f} (" in text
   assert text.count("**pass**") + text.count("**FAIL**") == len(results["targets"])
   assert text in _docs("performance.md")
+
+
+@pytest.mark.slow
+def test_speedrun_bench_times_both_sides_the_same_way(tmp_path, data_dir):
+  """`./run.sh bench --speedrun` on the embedded dataset, one seed, one epoch: Keras
+  tuned by the bench's method, then each side a process timed from its start."""
+  from benchmarks import speedrun  # pylint: disable=g-import-not-at-top
+  recipe = tmp_path / "recipe.py"
+  recipe.write_text(
+      "from experiments import speedrun_fashion_mnist\n"
+      "def get_config():\n"
+      "  c = speedrun_fashion_mnist.get_config()\n"
+      "  c.dataset = 'mnist_5k'\n"
+      "  return c\n")
+  out = tmp_path / "speedrun.json"
+  assert cli.main(["--speedrun", "--config", str(recipe), "--seeds", "1", "--epochs", "1",
+                   "--data-dir", data_dir, "--max-windows", "2", "--out", str(out)]) == 0
+  result = json.loads(out.read_text())
+  *tuned, xla = result["keras_tuning"]["tuning"]
+  assert [t["config"] for t in tuned] == [
+      {"steps_per_execution": s, "jit_compile": j}
+      for s, j in ((1, "auto"), (10, False), (30, False))]
+  assert xla["config"]["jit_compile"] is True
+  assert result["recipe"]["tta"] == "none" and result["recipe"]["flip"] is False
+  for side in ("ours", "keras"):
+    [run] = result["runs"][side]
+    assert run["epochs"] == 1 and run["test_accuracy"] > 0.5
+    parts = [run[k] for k in ("startup_sec", "train_sec", "eval_sec")]
+    assert min(parts) > 0 and sum(parts) + (run["compile_sec"] or 0) == pytest.approx(
+        run["seconds"])
+  assert result["runs"]["keras"][0]["parameters"] == 824_810
+  assert result["ratio"] == pytest.approx(result["runs"]["keras"][0]["seconds"]
+                                          / result["runs"]["ours"][0]["seconds"])
+  assert "Keras / ours, seconds to the final accuracy" in speedrun.markdown(result)

@@ -92,3 +92,24 @@ def test_jitted_step_lowers_the_loss_and_traces_once(state, step):
     losses.append(float(metrics["loss"] / metrics["count"]))
   assert losses[-1] < 0.5 * losses[0], losses
   assert int(state.step) == 12
+
+
+def test_a_conv_count_per_block():
+  """convs_per_block as one count per block: the speedrun recipe's network, one conv
+  in each of two blocks (experiments/speedrun_fashion_mnist.py)."""
+  from experiments import speedrun_fashion_mnist
+  config = speedrun_fashion_mnist.get_config()
+  model = models.build_model(config.model, 10, **config.model_kwargs)
+  variables = abstract_variables(model, (1, 28, 28, 1))
+  # 1->32: 288 + 64, 32->64: 18,432 + 128; pools 28 -> 14 -> 7: Dense 3,136->256
+  # (no bias) 802,816 + BN 512; Dense 256->10: 2,570.
+  assert count(variables["params"]) == 824_810
+  assert sorted(variables["params"]) == ["BatchNorm_0", "BatchNorm_1", "BatchNorm_2",
+                                         "Conv_0", "Conv_1", "Dense_0", "Dense_1"]
+  uneven = models.build_model("vgg_bn", 10, widths=(8, 16), convs_per_block=(1, 2))
+  params = abstract_variables(uneven, (1, 28, 28, 1))["params"]
+  assert [params[f"Conv_{i}"]["kernel"].shape for i in range(3)] == [
+      (3, 3, 1, 8), (3, 3, 8, 16), (3, 3, 16, 16)]
+  with pytest.raises(ValueError, match=r"gives 3 counts for 2 blocks"):
+    abstract_variables(models.build_model("vgg_bn", 10, widths=(8, 16),
+                                          convs_per_block=(1, 2, 1)), (1, 28, 28, 1))

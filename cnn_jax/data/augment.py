@@ -42,6 +42,15 @@ def random_crop(key: jax.Array, images: jax.Array, padding: int) -> jax.Array:
   return jax.vmap(crop)(padded, offsets)
 
 
+# Test-time augmentation: name -> the views of a [N, H, W, C] batch whose logits an
+# evaluation averages (config.evals.<name>.tta). "flip" is the mirror image of a
+# network trained with --config.flip (airbench's flip TTA).
+TTA_VIEWS: dict[str, Callable[[jax.Array], list[jax.Array]]] = {
+    "none": lambda images: [images],
+    "flip": lambda images: [images, images[:, :, ::-1, :]],
+}
+
+
 def flip_mask(key: jax.Array, num_images: int) -> jax.Array:
   """Which images to flip: bool [N], each True with probability 0.5."""
   return jax.random.bernoulli(key, 0.5, (num_images,))

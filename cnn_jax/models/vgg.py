@@ -22,7 +22,7 @@ class VGGBN(components.Network):
   """
 
   widths: Sequence[int] = (32, 64)
-  convs_per_block: int = 2
+  convs_per_block: int | Sequence[int] = 2  # One count for every block, or one each.
   hidden: int = 256
   dropout_rate: float = 0.2
   head_dropout_rate: float = 0.3
@@ -30,8 +30,14 @@ class VGGBN(components.Network):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv, norm, act = self.parts(train)
-    for width in self.widths:
-      for _ in range(self.convs_per_block):
+    convs = self.convs_per_block
+    convs = (convs,) * len(self.widths) if isinstance(convs, int) else tuple(convs)
+    if len(convs) != len(self.widths):
+      raise ValueError(f"convs_per_block={self.convs_per_block!r} gives "
+                       f"{len(convs)} counts for {len(self.widths)} blocks (widths="
+                       f"{tuple(self.widths)}): give one count, or one per block.")
+    for width, count in zip(self.widths, convs):
+      for _ in range(count):
         x = conv(width, (3, 3), padding="SAME", use_bias=False)(x)
         x = act(norm()(x))
       x = components.max_pool_2x2(x)
