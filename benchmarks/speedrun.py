@@ -58,9 +58,9 @@ def cell(recipe: dict, experiment: str = "speedrun_fashion_mnist") -> plan.Cell:
 
 def tune_keras(recipe: dict, tolerance: float, max_windows: int, log) -> dict:
   """Keras's fastest settings for the recipe's network at its batch (steady state)."""
-  tuning = []
-  with workers.Worker("keras", cell(recipe).spec(tolerance, max_windows)) as peer:
-    for config in plan.keras_configs(cell):
+  tuning, network = [], cell(recipe)
+  with workers.Worker("keras", network.spec(tolerance, max_windows)) as peer:
+    for config in plan.keras_configs(network):
       tuning.append({"config": config, **peer.request(**config)})
       log(f"  Keras {plan.config_name(config)}: "
           f"{tuning[-1]['images_per_sec']:,.0f} img/s (tuning)")

@@ -366,8 +366,10 @@ def test_published_gpu_run_renders_from_its_json():
 
 @pytest.mark.slow
 def test_speedrun_bench_times_both_sides_the_same_way(tmp_path, data_dir):
-  """`./run.sh bench --speedrun` on the embedded dataset, one seed, one epoch: Keras
-  tuned by the bench's method, then each side a process timed from its start."""
+  """`./run.sh bench --speedrun` on the embedded dataset, one seed, two epochs (62
+  steps; after one, 32 steps, Keras's twin still evaluates at chance while ours is
+  at 0.95): Keras tuned by the bench's method, then each side a process timed from
+  its start."""
   from benchmarks import speedrun  # pylint: disable=g-import-not-at-top
   recipe = tmp_path / "recipe.py"
   recipe.write_text(
@@ -377,7 +379,7 @@ def test_speedrun_bench_times_both_sides_the_same_way(tmp_path, data_dir):
       "  c.dataset = 'mnist_5k'\n"
       "  return c\n")
   out = tmp_path / "speedrun.json"
-  assert cli.main(["--speedrun", "--config", str(recipe), "--seeds", "1", "--epochs", "1",
+  assert cli.main(["--speedrun", "--config", str(recipe), "--seeds", "1", "--epochs", "2",
                    "--data-dir", data_dir, "--max-windows", "2", "--out", str(out)]) == 0
   result = json.loads(out.read_text())
   *tuned, xla = result["keras_tuning"]["tuning"]
@@ -388,7 +390,7 @@ def test_speedrun_bench_times_both_sides_the_same_way(tmp_path, data_dir):
   assert result["recipe"]["tta"] == "none" and result["recipe"]["flip"] is False
   for side in ("ours", "keras"):
     [run] = result["runs"][side]
-    assert run["epochs"] == 1 and run["test_accuracy"] > 0.5
+    assert run["epochs"] == 2 and run["test_accuracy"] > 0.9
     parts = [run[k] for k in ("startup_sec", "train_sec", "eval_sec")]
     assert min(parts) > 0 and sum(parts) + (run["compile_sec"] or 0) == pytest.approx(
         run["seconds"])
