@@ -17,8 +17,8 @@ its mean with a bar of one standard deviation).
 
 import datetime
 import json
-import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -50,10 +50,8 @@ def phases(records: list[dict], spawned_unix: float) -> dict:
 
 def mean_std(values: list[float]) -> tuple[float, float]:
   """Mean and sample standard deviation (0 for one value)."""
-  mean = sum(values) / len(values)
-  if len(values) < 2:
-    return mean, 0.0
-  return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+  return (statistics.mean(values),
+          statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def run_one(config: str, workdir: str, seed: int, epochs: int, overrides: list[str],
