@@ -23,6 +23,8 @@ Method (issue 14):
 - Each framework runs in its own worker process, set up once per cell (workers.py).
 - End to end (e2e.py): the 5-epoch tutorial job, ours against the Keras tutorial
   script as shipped and at its best, each a fresh process, interleaved.
+- Time to accuracy (speedrun.py, `--speedrun`): the speedrun recipe against its Keras
+  twin, each seed a fresh process timed to its final test accuracy, interleaved.
 - The machine's load is recorded before, during and after; a busy machine is named in
   the output's warnings. The CPU compute floor of the tutorial CNN is computed from a
   measured matmul peak and the training FLOPs per image; each cell's target is also
@@ -31,5 +33,6 @@ Method (issue 14):
   ./run.sh bench [--quick] [--cells seed_cnn/32,vgg_bn] [--data-dir DIR]
       [--out docs/bench_latest.json]
   ./run.sh bench --markdown docs/bench_latest.json   # the tables of an earlier run
+  ./run.sh bench --speedrun   # time to accuracy against Keras (speedrun.py)
   python -m benchmarks --gpu                       # on a GPU machine with torch
 """

@@ -114,6 +114,13 @@ class Experiment:
     return scalars, details
 
 
+# The keys of an epoch record that measure time: they differ from one run to the next
+# where every other key (losses, accuracies, steps) is the run's result.
+TIMING_KEYS = ("images_per_sec", "eval_images_per_sec", "data_wait_sec", "epoch_time_sec",
+               "train_time_sec", "train_compile_sec", "eval_time_sec", "eval_compile_sec",
+               "time_unix")
+
+
 def schedule_args(config, per_epoch: int) -> dict:
   """The config's learning-rate schedule (`optim.make_schedule` arguments), in steps."""
   return {"name": config.lr_schedule, "learning_rate": config.learning_rate,

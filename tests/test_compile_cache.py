@@ -5,11 +5,9 @@ import os
 import subprocess
 import sys
 
-from cnn_jax import compile_cache, report
+from cnn_jax import compile_cache, report, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The values that differ from run to run (wall-clock rates and times).
-TIMINGS = ("images_per_sec", "eval_images_per_sec", "epoch_time_sec", "data_wait_sec")
 
 
 def _cpuinfo(tmp_path, name, flags, cores=2):
@@ -56,7 +54,7 @@ def test_second_run_loads_every_program_and_trains_the_same(tmp_path, data_dir):
          "--config.steps_per_dispatch=8"],  # 20 steps an epoch: a shorter last chunk.
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    return [{k: v for k, v in r.items() if k not in TIMINGS}
+    return [{k: v for k, v in r.items() if k not in run.TIMING_KEYS}
             for r in report.read_metrics(str(workdir))]
 
   first = train(tmp_path / "a")

@@ -94,6 +94,7 @@ def test_epoch_records_split_the_time_and_count_compilation_once(seed_config, tm
   seed_config.num_epochs = 2
   run.train_and_evaluate(seed_config, str(tmp_path))
   first, second = report.read_metrics(str(tmp_path))
+  assert set(run.TIMING_KEYS) <= set(first)  # What differs from run to run, named.
   for r in (first, second):
     assert r["epoch_time_sec"] == pytest.approx(r["train_time_sec"] + r["eval_time_sec"])
     assert r["time_unix"] > 0
