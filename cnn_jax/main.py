@@ -221,7 +221,8 @@ def parse_flags(argv):
     _usage_error(f"--config {config_path}: no such file (relative paths are read from "
                  f"{os.getcwd()}).")
   if len(argv) > 1 and argv[1] == "speedrun" and config_path is None:
-    argv = sys.argv[:] = [*argv[:2], f"--config={SPEEDRUN_CONFIG}", *argv[2:]]
+    config_path = SPEEDRUN_CONFIG
+    argv = sys.argv[:] = [*argv[:2], f"--config={config_path}", *argv[2:]]
   _original_argv[:] = sys.argv
   # ml_collections reads its overrides from sys.argv itself.
   argv = sys.argv[:] = _take_kwargs_overrides(argv)

@@ -42,8 +42,8 @@ def get_config():
   config.lr_schedule = "cosine"
   config.warmup_epochs = 0.3
   config.label_smoothing = 0.1
-  # One evaluation, after the last epoch.
-  config.evals = dict(test=dict(split="test", every_epochs=1000,
+  # One evaluation, after the last epoch (tta and ema listed: overridable).
+  config.evals = dict(test=dict(split="test", every_epochs=1000, tta="none", ema=False,
                                 metrics=("loss", "accuracy")))
   config.keep_checkpoints = 1
   return config

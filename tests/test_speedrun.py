@@ -144,6 +144,7 @@ def test_speedrun_command_times_each_seed_in_its_own_process(cli, data_dir, tmp_
     (["--epochs", "0"], "--epochs 0: give distinct whole numbers"),
     (["--seeds", "0"], "at least one seed"),
     (["--config.ema_decay=0.99"], "set config.evals.test.ema=True"),
+    (["--config.num_epoch=3"], "the config has no field 'num_epoch'"),
 ])
 def test_speedrun_refuses_bad_input_before_any_work(cli, data_dir, tmp_path, args,
                                                    message):
