@@ -37,7 +37,7 @@ def main(argv=None) -> int:
   parser.add_argument("--jit-compile", default="auto", choices=["auto", "True", "False"])
   args = parser.parse_args(argv)
   recipe = json.loads(args.recipe)
-  tf, keras = keras_nets.import_keras()
+  _, keras = keras_nets.import_keras()
   import numpy as np  # pylint: disable=g-import-not-at-top
   keras.utils.set_random_seed(args.seed)
   with np.load(args.data) as data:
@@ -82,7 +82,6 @@ def main(argv=None) -> int:
                             "eval_end_unix": time.time(), "test_accuracy": accuracy,
                             "parameters": keras_nets.trainable_parameters(net)}),
         flush=True)
-  del tf
   return 0
 
 

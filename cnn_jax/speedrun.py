@@ -55,14 +55,15 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def run_one(config: str, workdir: str, seed: int, epochs: int, overrides: list[str],
-            label: str) -> dict:
-  """Trains one seed for `epochs` in a new process; its accuracy and time parts."""
+            label: str, env: dict | None = None) -> dict:
+  """Trains one seed for `epochs` in a new process (with `env` added to its
+  environment); its accuracy and time parts."""
   command = [sys.executable, "-m", "cnn_jax.main", "train", "--config", config,
              "--workdir", workdir, f"--config.seed={seed}",
              f"--config.num_epochs={epochs}", *overrides]
   spawned = time.time()
   proc = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                        text=True)
+                        text=True, env={**os.environ, **(env or {})})
   exited = time.time() - spawned
   if proc.returncode:
     raise RuntimeError(f"{label}: the run failed (exit {proc.returncode}):\n"
