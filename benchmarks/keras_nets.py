@@ -55,6 +55,22 @@ def _vgg_bn(keras, x, num_classes, dropout_rate=0.2, head_dropout_rate=0.3,
   return L.Dense(num_classes, name="Dense_1")(x)
 
 
+def _fast_cnn(keras, x, num_classes, widths=(32, 64), hidden=256):
+  """models/fast_cnn.py's FastCNN (824,778 parameters on 28x28x1 with its defaults)."""
+  L = keras.layers
+  x = L.ZeroPadding2D(1)(x)
+  x = L.Conv2D(widths[0], (3, 3), activation="relu", name="Conv_0")(x)
+  x = L.MaxPooling2D((2, 2))(x)
+  for i, width in enumerate(widths[1:]):
+    x = L.Conv2D(width, (3, 3), padding="same", use_bias=False, name=f"Conv_{i + 1}")(x)
+    x = L.MaxPooling2D((2, 2))(x)
+    x = L.ReLU()(L.BatchNormalization(**BN, name=f"BatchNorm_{i}")(x))
+  x = L.Flatten()(x)
+  x = L.Dense(hidden, use_bias=False, name="Dense_0")(x)
+  x = L.ReLU()(L.BatchNormalization(**BN, name=f"BatchNorm_{len(widths) - 1}")(x))
+  return L.Dense(num_classes, name="Dense_1")(x)
+
+
 def _resnet20(keras, x, num_classes):
   """models/resnet.py's ResNet20 (CIFAR form, option-A shortcuts: 269,722 parameters
   on 32x32x3). Strided convolutions pad 1 on every side, as ours (Keras's "same"
@@ -90,7 +106,8 @@ def _resnet20(keras, x, num_classes):
   return L.Dense(num_classes, name="Dense_0")(x)
 
 
-NETWORKS = {"seed_cnn": _seed_cnn, "vgg_bn": _vgg_bn, "resnet20": _resnet20}
+NETWORKS = {"seed_cnn": _seed_cnn, "vgg_bn": _vgg_bn, "fast_cnn": _fast_cnn,
+            "resnet20": _resnet20}
 # Networks the project has never seen (benchmarks/unseen/), by our side's model name.
 UNSEEN = "benchmarks.unseen.flax_nets"
 

@@ -22,12 +22,14 @@ import jax.numpy as jnp
 from cnn_jax import errors
 from cnn_jax.models import lenet, resnet, vit, wide_resnet
 from cnn_jax.models.costs import summary
+from cnn_jax.models.fast_cnn import FastCNN
 from cnn_jax.models.seed_cnn import SeedCNN
 from cnn_jax.models.vgg import VGGBN
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "seed_cnn": SeedCNN,
     "vgg_bn": VGGBN,
+    "fast_cnn": FastCNN,
     "lenet5": lenet.LeNet5,
     "resnet20": resnet.ResNet20,
     "resnet32": resnet.ResNet32,
