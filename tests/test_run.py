@@ -68,7 +68,7 @@ def test_command_line_errors_are_clear(data_dir, tmp_path):
 
 def test_unknown_model_is_an_error_before_training(seed_config, tmp_path):
   seed_config.model = "no_such_model"
-  with pytest.raises(ValueError, match=r"Unknown model 'no_such_model'. Known models: "
+  with pytest.raises(ValueError, match=r"Unknown model 'no_such_model'. Known models: fast_cnn, "
                                        r"lenet5, resnet18, .*, seed_cnn, vgg_bn, vit_tiny"):
     run.train_and_evaluate(seed_config, str(tmp_path / "bad"))
   assert not os.path.exists(tmp_path / "bad" / "checkpoints")
