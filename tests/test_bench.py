@@ -350,6 +350,15 @@ def test_published_cpu_run_renders_from_its_json():
   assert text in _docs("performance.md")
 
 
+def test_published_avx512_run_renders_from_its_json():
+  """docs/performance.md's run of every cell with the CPU backend is `--markdown
+  docs/bench_avx512_latest.json`."""
+  results = _published("bench_avx512_latest.json")
+  assert {c["name"] for c in results["cells"]} >= {"vgg_bn/128", "resnet20/128",
+                                                   "ConvNeXtTiny/32"}
+  assert render.markdown(results) in _docs("performance.md")
+
+
 def test_published_gpu_run_renders_from_its_json():
   """docs/performance.md's GPU table is `--markdown docs/bench_gpu_latest.json`."""
   results = _published("bench_gpu_latest.json")
